@@ -1,0 +1,54 @@
+/* Full reads and writes that survive partial transfers and EINTR. */
+#include "shared/io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "shared/macro.h"
+
+int write_full(int fd, const void *buf, size_t len) {
+        const char *p = buf;
+
+        while (len > 0) {
+                ssize_t n = write(fd, p, len);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return negative_errno();
+                }
+                if (n == 0)
+                        return -EIO;
+                p += n;
+                len -= (size_t) n;
+        }
+        return 0;
+}
+
+ssize_t read_full(int fd, void *buf, size_t len) {
+        char *p = buf;
+        size_t got = 0;
+
+        while (got < len) {
+                ssize_t n = read(fd, p + got, len - got);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return negative_errno();
+                }
+                if (n == 0)
+                        break;
+                got += (size_t) n;
+        }
+        return (ssize_t) got;
+}
+
+int fd_set_nonblock(int fd, int nonblock) {
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0)
+                return negative_errno();
+        int nflags = nonblock ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+        if (nflags != flags && fcntl(fd, F_SETFL, nflags) < 0)
+                return negative_errno();
+        return 0;
+}

@@ -1,0 +1,243 @@
+"""Integration test harness: runs the real echod binary on loopback.
+
+The harness owns a NOTIFY_SOCKET (AF_UNIX datagram) and waits for READY=1 —
+never sleep-and-hope. Listen addresses use port 0; the daemon reports the
+ephemeral ports in STATUS= ("listening on 127.0.0.1:40123 [::1]:40124").
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("ECHOD_BUILD_DIR", os.path.join(ROOT, "build"))
+ECHOD = os.path.join(BUILD, "src", "echod", "echod")
+ECHOC = os.path.join(BUILD, "src", "echoc", "echoc")
+
+
+def sanitizer_env(env):
+    """Make sanitizer builds fail loudly (meson 1.0 sets no *SAN_OPTIONS)."""
+    env.setdefault("ASAN_OPTIONS", "abort_on_error=1:halt_on_error=1:detect_leaks=0")
+    env.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
+    return env
+
+
+class Notify:
+    """A NOTIFY_SOCKET the test owns; collects sd_notify datagrams."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o777)  # the daemon may have dropped privileges
+        self.messages = []  # list of dicts, one per datagram
+
+    def wait_for(self, pred, timeout=10.0):
+        """Wait until a datagram satisfies pred(dict); returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"notify: condition not met; got {self.messages[-5:]}")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            msg = {}
+            for line in data.decode(errors="replace").split("\n"):
+                if "=" in line:
+                    k, v = line.split("=", 1)
+                    msg[k] = v
+            self.messages.append(msg)
+            if pred(msg):
+                return msg
+
+    def close(self):
+        self.sock.close()
+
+
+class Echod:
+    """One echod process: config written to a temp dir, started with -D -e."""
+
+    def __init__(self, tmpdir, conf, args=(), env=None, wrapper=()):
+        self.dir = tmpdir
+        self.conf_path = os.path.join(tmpdir, "echod.conf")
+        self.write_config(conf)
+        self.notify = Notify(tmpdir)
+        self.stderr_path = os.path.join(tmpdir, "stderr.log")
+        self.proc = None
+        self.args = list(args)
+        self.env = env or {}
+        self.wrapper = list(wrapper)
+        self.status = None
+        self.addresses = []
+
+    def write_config(self, conf):
+        with open(self.conf_path, "w") as f:
+            f.write(conf)
+
+    def start(self, ready=True):
+        env = sanitizer_env(dict(os.environ, NOTIFY_SOCKET=self.notify.path, **self.env))
+        env.pop("JOURNAL_STREAM", None)
+        self.stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            self.wrapper + [ECHOD, "-D", "-e", "-f", self.conf_path] + self.args,
+            stdin=subprocess.DEVNULL, stdout=self.stderr, stderr=self.stderr, env=env)
+        if ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=15.0):
+        try:
+            msg = self.notify.wait_for(lambda m: m.get("READY") == "1", timeout)
+        except TimeoutError:
+            raise AssertionError(f"echod not ready; log:\n{self.log()}")
+        self._update_status(msg)
+        return msg
+
+    def _update_status(self, msg):
+        if "STATUS" in msg:
+            self.status = msg["STATUS"]
+            m = re.search(r"listening on (.*)$", self.status)
+            if m:
+                self.addresses = m.group(1).split()
+
+    def wait_status(self, pred, timeout=10.0):
+        msg = self.notify.wait_for(lambda m: "STATUS" in m and pred(m["STATUS"]), timeout)
+        self._update_status(msg)
+        return msg["STATUS"]
+
+    @property
+    def port(self):
+        """Port of the first listener."""
+        return int(self.addresses[0].rsplit(":", 1)[1])
+
+    def endpoint(self, family=socket.AF_INET):
+        for a in self.addresses:
+            host, port = a.rsplit(":", 1)
+            if family == socket.AF_INET6 and host.startswith("["):
+                return host.strip("[]"), int(port)
+            if family == socket.AF_INET and not host.startswith("["):
+                return host, int(port)
+        raise AssertionError(f"no listener of family {family} in {self.addresses}")
+
+    def log(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern, timeout=10.0, count=1):
+        """Wait until the log matches pattern (regex) at least count times; returns the matches."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.findall(pattern, self.log(), re.M)
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"log never matched {pattern!r} x{count}; log:\n{self.log()}")
+            if self.proc.poll() is not None and len(re.findall(pattern, self.log(), re.M)) < count:
+                raise AssertionError(f"echod exited ({self.proc.returncode}) before {pattern!r}; log:\n{self.log()}")
+            time.sleep(0.02)
+
+    def reload(self, timeout=10.0):
+        """SIGHUP and wait for RELOADING=1 then READY=1."""
+        self.proc.send_signal(signal.SIGHUP)
+        self.notify.wait_for(lambda m: m.get("RELOADING") == "1", timeout)
+        return self.wait_ready(timeout)
+
+    def stop(self, timeout=15.0):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.stderr.close()
+        return self.proc.returncode if self.proc else None
+
+    def children(self):
+        """PIDs of the master's live children."""
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            return []
+
+
+def base_config(listen='"127.0.0.1:0"', **keys):
+    """A config text with sane test defaults; keys override or add settings."""
+    settings = {"listen": "{" + listen + "}", "log_connections": "true", "user": '""'}
+    settings.update({k: v for k, v in keys.items()})
+    return "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+
+@pytest.fixture
+def tmpdir_path():
+    d = tempfile.mkdtemp(prefix="echod-test-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def echod_factory(tmpdir_path):
+    started = []
+
+    def make(conf=None, args=(), env=None, start=True, wrapper=(), **keys):
+        d = tempfile.mkdtemp(dir=tmpdir_path)
+        os.chmod(d, 0o755)
+        e = Echod(d, conf if conf is not None else base_config(**keys), args=args, env=env, wrapper=wrapper)
+        started.append(e)
+        if start:
+            e.start()
+        return e
+
+    yield make
+    for e in started:
+        e.stop()
+        e.notify.close()
+
+
+@pytest.fixture
+def echod(echod_factory):
+    """A running echod on 127.0.0.1 with an ephemeral port and test defaults."""
+    return echod_factory()
+
+
+def connect(addr, timeout=10.0):
+    s = socket.create_connection(addr, timeout=timeout)
+    return s
+
+
+def echo_roundtrip(sock, data, chunk=65536):
+    """Write data and read it back concurrently (a thread writes); half-closes; returns bytes read."""
+    import threading
+
+    def writer():
+        view = memoryview(data)
+        while view:
+            n = sock.send(view[:chunk])
+            view = view[n:]
+        sock.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    got = bytearray()
+    while True:
+        b = sock.recv(1 << 20)
+        if not b:
+            break
+        got += b
+    t.join()
+    return bytes(got)
