@@ -26,7 +26,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *ret) {
 }
 
 static int parse_host(const char *s, IpAddr *ret) {
-        IpAddr a = {};
+        IpAddr a = { 0 };
 
         if (inet_pton(AF_INET, s, a.bytes) == 1) {
                 a.family = AF_INET;
@@ -51,7 +51,7 @@ int ipaddr_parse_endpoint(const char *s, IpAddr *ret, bool *ret_wildcard) {
         const char *colon, *hstart, *hend;
         unsigned long port;
         bool wildcard = false;
-        IpAddr a = {};
+        IpAddr a = { 0 };
         int r;
 
         if (s[0] == '[') {
@@ -134,7 +134,7 @@ int ipaddr_parse_prefix(const char *s, IpAddr *ret) {
 }
 
 int ipaddr_from_sockaddr(const struct sockaddr *sa, socklen_t len, IpAddr *ret) {
-        IpAddr a = {};
+        IpAddr a = { 0 };
 
         if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
                 const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
@@ -161,7 +161,7 @@ int ipaddr_from_sockaddr(const struct sockaddr *sa, socklen_t len, IpAddr *ret) 
 }
 
 socklen_t ipaddr_to_sockaddr(const IpAddr *a, SockAddr *ret) {
-        *ret = (SockAddr) {};
+        *ret = (SockAddr) { 0 };
         if (a->family == AF_INET) {
                 ret->in.sin_family = AF_INET;
                 ret->in.sin_port = htons(a->port);
@@ -204,24 +204,28 @@ bool ipaddr_equal(const IpAddr *a, const IpAddr *b) {
                memcmp(a->bytes, b->bytes, sizeof(a->bytes)) == 0;
 }
 
-const char *ipaddr_format_host(const IpAddr *a, char *buf) {
-        if (!inet_ntop(a->family, a->bytes, buf, IPADDR_STR_MAX))
-                snprintf(buf, IPADDR_STR_MAX, "?");
+static const char *format_host(const IpAddr *a, char *buf, socklen_t size) {
+        if (!inet_ntop(a->family, a->bytes, buf, size))
+                snprintf(buf, size, "?");
         return buf;
 }
 
-const char *ipaddr_format_endpoint(const IpAddr *a, char *buf) {
-        char host[IPADDR_STR_MAX];
+const char *ipaddr_format_host(const IpAddr *a, char *buf) {
+        return format_host(a, buf, IPADDR_STR_MAX);
+}
 
-        ipaddr_format_host(a, host);
+const char *ipaddr_format_endpoint(const IpAddr *a, char *buf) {
+        char host[INET6_ADDRSTRLEN];
+
+        format_host(a, host, sizeof(host));
         snprintf(buf, IPADDR_STR_MAX, a->family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, a->port);
         return buf;
 }
 
 const char *ipaddr_format_prefix(const IpAddr *a, char *buf) {
-        char host[IPADDR_STR_MAX];
+        char host[INET6_ADDRSTRLEN];
 
-        ipaddr_format_host(a, host);
+        format_host(a, host, sizeof(host));
         snprintf(buf, IPADDR_STR_MAX, "%s/%u", host, a->prefixlen);
         return buf;
 }

@@ -17,15 +17,20 @@
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
-/* Take ownership of a value, leaving the old holder "empty" (used to move fds out of cleanup scope). */
-#define TAKE_GENERIC(var, empty)                        \
-        ({                                              \
-                __typeof__(var) _taken = (var);         \
-                (var) = (empty);                        \
-                _taken;                                 \
-        })
-#define TAKE_FD(fd) TAKE_GENERIC(fd, -1)
-#define TAKE_PTR(p) TAKE_GENERIC(p, NULL)
+/* Take ownership of a value, leaving the old holder "empty" (used to move fds and memory out of
+ * cleanup scope). Plain functions rather than statement expressions: -Wpedantic stays clean. */
+static inline int take_fd(int *fd) {
+        int r = *fd;
+        *fd = -1;
+        return r;
+}
+static inline void *take_ptr(void *pp) {
+        void *r = *(void **) pp;
+        *(void **) pp = NULL;
+        return r;
+}
+#define TAKE_FD(fd) take_fd(&(fd))
+#define TAKE_PTR(p) take_ptr(&(p))
 
 /* Close an fd preserving errno; returns -1 so that "fd = safe_close(fd);" resets it. */
 static inline int safe_close(int fd) {

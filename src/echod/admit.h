@@ -1,0 +1,68 @@
+/* Admission decisions made before fork (global and per-source limits), and refusal summaries.
+ * Pure logic: no I/O, no clock of its own (callers pass the time), so it is unit-testable. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "shared/ipaddr.h"
+
+typedef enum Refusal {
+        ADMIT_OK = 0,
+        REFUSE_CAPACITY,   /* max_connections reached */
+        REFUSE_PER_SOURCE, /* max_per_source reached for the peer's source prefix */
+        REFUSE_FORK,       /* fork() failed */
+        _REFUSE_MAX,
+} Refusal;
+
+const char *refusal_name(Refusal r); /* "capacity", "per-source", ... */
+
+typedef struct AdmitLimits {
+        unsigned max_connections;
+        unsigned max_per_source; /* 0 = unlimited */
+        unsigned prefix_v4, prefix_v6;
+} AdmitLimits;
+
+typedef struct SourceTable SourceTable;
+
+int source_table_new(SourceTable **ret);
+SourceTable *source_table_free(SourceTable *t);
+/* How many live connections a source key holds. */
+unsigned source_table_count(SourceTable *t, const IpAddr *key);
+int source_table_add(SourceTable *t, const IpAddr *key);
+void source_table_remove(SourceTable *t, const IpAddr *key);
+void source_table_clear(SourceTable *t);
+unsigned source_table_size(const SourceTable *t);
+
+/* The group a peer belongs to for per-source limits: its address masked to the prefix length. */
+void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret);
+
+/* Decide on a new connection given the current number of live children. */
+Refusal admit_connection(SourceTable *t, const AdmitLimits *l, unsigned active, const IpAddr *key);
+
+/* Refusal logging without floods: the first refusal of a kind is reported at once, later ones
+ * are counted and summarised once per window, with the sources that were refused most. */
+#define REFUSAL_TOP 4
+typedef struct RefusalWindow {
+        uint64_t start_usec; /* 0 = no window open */
+        uint64_t count;      /* refusals since the window opened (the first one excluded) */
+        struct {
+                IpAddr source;
+                uint64_t count;
+        } top[REFUSAL_TOP];
+} RefusalWindow;
+
+typedef struct RefusalSummary {
+        Refusal reason;
+        uint64_t count;
+        uint64_t window_usec;
+        IpAddr top_source;
+        uint64_t top_count;
+} RefusalSummary;
+
+/* Note a refusal. Returns true if it opened a window (log it now, individually). */
+bool refusal_window_note(RefusalWindow *w, const IpAddr *source, uint64_t now);
+/* Close the window if it is at least window_usec old. Returns true and fills *ret if there was
+ * something to summarise. */
+bool refusal_window_flush(RefusalWindow *w, Refusal reason, uint64_t now, uint64_t window_usec,
+                          RefusalSummary *ret);

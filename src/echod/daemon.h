@@ -1,0 +1,19 @@
+/* Classic daemonising for non-systemd use: fork, setsid, fork, pidfile, and a readiness pipe. */
+#pragma once
+
+#include <stdbool.h>
+
+/* Detach. Returns only in the daemon (0) or on failure before forking (-errno). The starting
+ * process waits on a pipe and exits 0 once daemon_ready() is called, or 1 printing whatever
+ * error the daemon reported (see log_set_startup_fd()) if it exits first.
+ * pidfile may be NULL or "" for none; -EEXIST if another instance holds it. */
+int daemonize(const char *pidfile);
+
+/* In the daemon: write the pidfile (if any) — call before dropping privileges. */
+int daemon_write_pidfile(void);
+
+/* In the daemon: tell the starting process we are up; it then exits 0. */
+void daemon_ready(void);
+
+/* Remove the pidfile at exit (best effort). */
+void daemon_remove_pidfile(void);

@@ -1,0 +1,158 @@
+/* Listening sockets: bind configured addresses, adopt systemd-activated ones, diff on reload. */
+#include "echod/listen.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <systemd/sd-daemon.h>
+
+#include "shared/io.h"
+#include "shared/macro.h"
+
+Listener *listener_free(Listener *l) {
+        if (!l)
+                return NULL;
+        sd_event_source_disable_unref(l->source);
+        safe_close(l->fd);
+        free(l);
+        return NULL;
+}
+
+static int listener_new(int fd, const IpAddr *configured, bool activated, Listener **ret) {
+        Listener *l = calloc(1, sizeof(Listener));
+        SockAddr sa;
+        socklen_t len = sizeof(sa);
+
+        if (!l)
+                return -ENOMEM;
+        l->fd = fd;
+        l->activated = activated;
+        if (getsockname(fd, &sa.sa, &len) < 0 || ipaddr_from_sockaddr(&sa.sa, len, &l->bound) < 0) {
+                int r = errno > 0 ? -errno : -EAFNOSUPPORT;
+                l->fd = -1;
+                free(l);
+                return r;
+        }
+        l->configured = configured ? *configured : l->bound;
+        *ret = l;
+        return 0;
+}
+
+int listener_bind(const IpAddr *addr, unsigned backlog, Listener **ret) {
+        _cleanup_(closep) int fd = -1;
+        const int one = 1;
+        SockAddr sa;
+        socklen_t len = ipaddr_to_sockaddr(addr, &sa);
+        int r;
+
+        fd = socket(addr->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_TCP);
+        if (fd < 0)
+                return negative_errno();
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+                return negative_errno();
+        /* so that 0.0.0.0:P and [::]:P can both be bound */
+        if (addr->family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+                return negative_errno();
+        if (bind(fd, &sa.sa, len) < 0)
+                return negative_errno();
+        if (listen(fd, (int) backlog) < 0)
+                return negative_errno();
+        r = listener_new(fd, addr, false, ret);
+        if (r < 0)
+                return r;
+        TAKE_FD(fd);
+        return 0;
+}
+
+int listeners_adopt(Listener ***ret, unsigned *ret_rejected) {
+        char **names = NULL;
+        Listener **list = NULL;
+        unsigned n_ok = 0, rejected = 0;
+        int n, r = 0;
+
+        n = sd_listen_fds_with_names(1, &names);
+        if (n <= 0) {
+                *ret = NULL;
+                *ret_rejected = 0;
+                return n;
+        }
+        list = calloc((size_t) n, sizeof(Listener *));
+        if (!list)
+                r = -ENOMEM;
+        for (int i = 0; i < n; i++) {
+                int fd = SD_LISTEN_FDS_START + i;
+                if (r < 0 || sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0) <= 0 ||
+                    fd_set_nonblock(fd, 1) < 0) {
+                        safe_close(fd);
+                        rejected++;
+                        continue;
+                }
+                int k = listener_new(fd, NULL, true, &list[n_ok]);
+                if (k < 0) {
+                        safe_close(fd);
+                        rejected++;
+                        continue;
+                }
+                n_ok++;
+        }
+        if (names)
+                for (int i = 0; i < n; i++)
+                        free(names[i]);
+        free(names);
+        if (r < 0) {
+                free(list);
+                return r;
+        }
+        *ret = list;
+        *ret_rejected = rejected;
+        return (int) n_ok;
+}
+
+int listeners_update(Listener **old, unsigned n_old, const IpAddr *addrs, unsigned n, unsigned backlog,
+                     Listener ***ret, IpAddr *ret_failed) {
+        Listener **list = calloc(n ? n : 1, sizeof(Listener *));
+        int *moved_from = calloc(n ? n : 1, sizeof(int));
+        int r = 0;
+
+        if (!list || !moved_from) {
+                free(list);
+                free(moved_from);
+                return -ENOMEM;
+        }
+        for (unsigned i = 0; i < n; i++) {
+                moved_from[i] = -1;
+                for (unsigned j = 0; j < n_old; j++)
+                        if (old[j] && !old[j]->activated && ipaddr_equal(&old[j]->configured, &addrs[i])) {
+                                list[i] = old[j];
+                                moved_from[i] = (int) j;
+                                old[j] = NULL;
+                                break;
+                        }
+                if (list[i])
+                        continue;
+                r = listener_bind(&addrs[i], backlog, &list[i]);
+                if (r < 0) {
+                        *ret_failed = addrs[i];
+                        break;
+                }
+        }
+        if (r < 0) {
+                /* roll back: moved ones go home, fresh ones close */
+                for (unsigned i = 0; i < n; i++) {
+                        if (moved_from[i] >= 0)
+                                old[moved_from[i]] = list[i];
+                        else
+                                listener_free(list[i]);
+                }
+                free(list);
+                free(moved_from);
+                return r;
+        }
+        for (unsigned i = 0; i < n; i++)
+                if (moved_from[i] >= 0)
+                        (void) listen(list[i]->fd, (int) backlog); /* applies a new backlog in place */
+        free(moved_from);
+        *ret = list;
+        return 0;
+}

@@ -1,0 +1,123 @@
+/* The one logger: journald (structured), syslog(3) or stderr, chosen once at startup. */
+#include "echod/log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <systemd/sd-journal.h>
+
+#include "shared/io.h"
+
+static LogTarget target = LOG_TARGET_STDERR;
+static int max_level = LOG_INFO;
+static int startup_fd = -1;
+
+static bool stderr_is_journal(void) {
+        const char *e = getenv("JOURNAL_STREAM");
+        unsigned long long dev, ino;
+        struct stat st;
+
+        if (!e || sscanf(e, "%llu:%llu", &dev, &ino) != 2)
+                return false;
+        if (fstat(STDERR_FILENO, &st) < 0)
+                return false;
+        return (unsigned long long) st.st_dev == dev && (unsigned long long) st.st_ino == ino;
+}
+
+void log_setup(bool to_stderr) {
+        if (to_stderr)
+                target = LOG_TARGET_STDERR;
+        else if (stderr_is_journal())
+                target = LOG_TARGET_JOURNAL;
+        else {
+                target = LOG_TARGET_SYSLOG;
+                /* LOG_NDELAY: connect now, before privileges are dropped */
+                openlog("echod", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+        }
+}
+
+LogTarget log_get_target(void) {
+        return target;
+}
+
+void log_set_max_level(int level) {
+        max_level = level;
+}
+
+void log_set_startup_fd(int fd) {
+        startup_fd = fd;
+}
+
+static void log_emit(int level, const char *message_id, const char *msg) {
+        switch (target) {
+        case LOG_TARGET_JOURNAL:
+                if (message_id)
+                        sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%i", level, "MESSAGE_ID=%s", message_id,
+                                        "SYSLOG_IDENTIFIER=echod", NULL);
+                else
+                        sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%i", level, "SYSLOG_IDENTIFIER=echod",
+                                        NULL);
+                break;
+        case LOG_TARGET_SYSLOG:
+                syslog(level, "%s", msg);
+                break;
+        case LOG_TARGET_STDERR:
+                fprintf(stderr, "%s\n", msg);
+                break;
+        }
+}
+
+int log_full(int level, int error, const char *message_id, const char *fmt, ...) {
+        int saved = errno;
+        char msg[1024];
+        va_list ap;
+
+        if (error < 0)
+                error = -error;
+        if (level > max_level)
+                goto out;
+
+        va_start(ap, fmt);
+        int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        if (error && n >= 0 && (size_t) n < sizeof(msg))
+                snprintf(msg + n, sizeof(msg) - (size_t) n, ": %s", strerror(error));
+
+        log_emit(level, message_id, msg);
+        if (startup_fd >= 0 && level <= LOG_ERR) {
+                (void) write_full(startup_fd, msg, strlen(msg));
+                (void) write_full(startup_fd, "\n", 1);
+        }
+out:
+        errno = saved;
+        return -error;
+}
+
+void log_connection(const ConnectionRecord *rec) {
+        char peer[IPADDR_STR_MAX], host[IPADDR_STR_MAX], local[IPADDR_STR_MAX], msg[512];
+        int level = rec->failure ? LOG_WARNING : LOG_INFO;
+
+        if (level > max_level)
+                return;
+        ipaddr_format_endpoint(&rec->peer, peer);
+        ipaddr_format_endpoint(&rec->local, local);
+        snprintf(msg, sizeof(msg),
+                 "connection %s closed: %s, %llu bytes in, %llu bytes out, %llu.%03llu s, pid %d", peer,
+                 rec->reason, (unsigned long long) rec->bytes_in, (unsigned long long) rec->bytes_out,
+                 (unsigned long long) (rec->duration_usec / 1000000),
+                 (unsigned long long) (rec->duration_usec / 1000 % 1000), (int) rec->pid);
+
+        if (target != LOG_TARGET_JOURNAL) {
+                log_emit(level, NULL, msg);
+                return;
+        }
+        sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%i", level, "MESSAGE_ID=%s", MESSAGE_ID_CONNECTION,
+                        "SYSLOG_IDENTIFIER=echod", "REMOTE_ADDR=%s", ipaddr_format_host(&rec->peer, host),
+                        "REMOTE_PORT=%u", rec->peer.port, "LOCAL_ADDR=%s", local, "CHILD_PID=%d",
+                        (int) rec->pid, "BYTES_IN=%llu", (unsigned long long) rec->bytes_in, "BYTES_OUT=%llu",
+                        (unsigned long long) rec->bytes_out, "DURATION_USEC=%llu",
+                        (unsigned long long) rec->duration_usec, "EXIT_REASON=%s", rec->reason, NULL);
+}

@@ -1,0 +1,14 @@
+/* The master: sd-event loop that accepts, admits, forks, reaps, reloads and drains. */
+#pragma once
+
+#include "echod/config.h"
+#include "echod/listen.h"
+
+typedef struct Manager Manager;
+
+/* Takes ownership of config and listeners (listeners[] itself is copied). */
+int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool activated, Manager **ret);
+Manager *manager_free(Manager *m);
+
+/* Run until stopped. Calls ready() once every listener is live. Returns 0 or -errno. */
+int manager_run(Manager *m, void (*ready)(void));

@@ -1,0 +1,7 @@
+/* sd_notify(3) messages to the service manager: READY, RELOADING, STOPPING, STATUS. */
+#pragma once
+
+void notify_ready(const char *status);
+void notify_reloading(void);
+void notify_stopping(const char *status);
+void notify_status(const char *status);

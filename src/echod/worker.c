@@ -1,0 +1,195 @@
+/* The child: one accepted connection, echoed until the peer is done (RFC 862).
+ *
+ * Non-blocking socket, one buffer, ppoll. Reading stops while the buffer is full, so a client that
+ * does not read its echo is held back by TCP flow control, not by our memory. On the peer's FIN
+ * we echo what is pending, then shutdown(SHUT_WR): the peer gets every byte and a FIN, never an
+ * RST. The child never logs: the master records how it ended from the exit code. */
+#include "echod/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "shared/io.h"
+#include "shared/macro.h"
+#include "shared/timeutil.h"
+
+#define WORKER_BUFFER (128 * 1024)
+
+static const char *const exit_reasons[_WORKER_EXIT_MAX] = {
+        [WORKER_CLEAN] = "clean",
+        [WORKER_SETUP_FAILED] = "setup-failed",
+        [WORKER_IDLE_TIMEOUT] = "idle-timeout",
+        [WORKER_PEER_RESET] = "peer-reset",
+        [WORKER_IO_ERROR] = "io-error",
+        [WORKER_DRAINED] = "drained",
+};
+
+const char *worker_exit_reason(int code) {
+        return code >= 0 && code < _WORKER_EXIT_MAX ? exit_reasons[code] : "unknown-exit";
+}
+
+static int errno_to_exit(int err) {
+        return err == ECONNRESET || err == EPIPE || err == ETIMEDOUT ? WORKER_PEER_RESET : WORKER_IO_ERROR;
+}
+
+static void account(SlotShared *slot, _Atomic uint64_t *counter, size_t n, uint64_t now) {
+        if (!slot)
+                return;
+        atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + n,
+                              memory_order_relaxed);
+        atomic_store_explicit(&slot->last_active_usec, now, memory_order_relaxed);
+}
+
+/* Wait for events until deadline (0 = none). Returns >0 ready, 0 timed out, -EINTR, -errno. */
+static int wait_fd(int fd, short events, short *revents, uint64_t deadline, const sigset_t *mask) {
+        struct pollfd pfd = { .fd = fd, .events = events };
+        struct timespec ts, *tsp = NULL;
+
+        if (deadline) {
+                uint64_t now = now_usec();
+                if (now >= deadline)
+                        return 0;
+                uint64_t left = deadline - now;
+                ts = (struct timespec) { .tv_sec = (time_t) (left / USEC_PER_SEC),
+                                         .tv_nsec = (long) (left % USEC_PER_SEC * NSEC_PER_USEC) };
+                tsp = &ts;
+        }
+        int r = ppoll(&pfd, 1, tsp, mask);
+        if (r < 0)
+                return negative_errno();
+        *revents = pfd.revents;
+        return r;
+}
+
+/* After our FIN: read and discard until the peer's FIN, so that close() sends no RST. */
+static void linger_until_eof(int fd, uint64_t deadline, const sigset_t *mask) {
+        char sink[4096];
+
+        for (;;) {
+                ssize_t n = read(fd, sink, sizeof(sink));
+                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                        return;
+                if (n > 0)
+                        continue;
+                short revents;
+                int r = wait_fd(fd, POLLIN, &revents, deadline, mask);
+                if (r == 0 || (r < 0 && r != -EINTR))
+                        return;
+        }
+}
+
+int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_atomic_t *stop,
+                const sigset_t *poll_mask) {
+        static char buf[WORKER_BUFFER];
+        size_t start = 0, end = 0;
+        bool eof = false, draining = false;
+        uint64_t idle = (uint64_t) p->idle_timeout * USEC_PER_SEC;
+        uint64_t last = now_usec();
+        int r;
+
+        r = fd_set_nonblock(fd, 1);
+        if (r < 0)
+                return WORKER_SETUP_FAILED;
+
+        for (;;) {
+                short events = 0, revents = 0;
+
+                if (stop && *stop)
+                        draining = true;
+                if ((eof || draining) && start == end)
+                        break;
+                if (!eof && !draining && end < sizeof(buf))
+                        events |= POLLIN;
+                if (start < end)
+                        events |= POLLOUT;
+
+                r = wait_fd(fd, events, &revents, idle ? last + idle : 0, poll_mask);
+                if (r == -EINTR)
+                        continue;
+                if (r < 0)
+                        return WORKER_IO_ERROR;
+                if (r == 0)
+                        return WORKER_IDLE_TIMEOUT;
+
+                if ((events & POLLIN) && (revents & (POLLIN | POLLHUP | POLLERR))) {
+                        ssize_t n = read(fd, buf + end, sizeof(buf) - end);
+                        if (n > 0) {
+                                last = now_usec();
+                                end += (size_t) n;
+                                account(slot, slot ? &slot->bytes_in : NULL, (size_t) n, last);
+                        } else if (n == 0)
+                                eof = true;
+                        else if (errno != EAGAIN && errno != EINTR)
+                                return errno_to_exit(errno);
+                }
+                if (start < end && (revents & (POLLOUT | POLLHUP | POLLERR))) {
+                        ssize_t n = send(fd, buf + start, end - start, MSG_NOSIGNAL);
+                        if (n > 0) {
+                                last = now_usec();
+                                start += (size_t) n;
+                                account(slot, slot ? &slot->bytes_out : NULL, (size_t) n, last);
+                                if (start == end)
+                                        start = end = 0;
+                                else if (start >= sizeof(buf) / 2 && end == sizeof(buf)) {
+                                        memmove(buf, buf + start, end - start);
+                                        end -= start;
+                                        start = 0;
+                                }
+                        } else if (n < 0 && errno != EAGAIN && errno != EINTR)
+                                return errno_to_exit(errno);
+                }
+                if (!(events & POLLIN) && !(start < end) && (revents & (POLLERR | POLLHUP)))
+                        return WORKER_PEER_RESET;
+        }
+
+        /* everything read has been echoed: send our FIN */
+        if (shutdown(fd, SHUT_WR) < 0)
+                return errno_to_exit(errno);
+        if (!eof)
+                linger_until_eof(fd, idle ? now_usec() + idle : 0, poll_mask);
+        return draining ? WORKER_DRAINED : WORKER_CLEAN;
+}
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_sigterm(int sig) {
+        stop_requested = 1;
+}
+
+_Noreturn void worker_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer) {
+        struct sigaction sa = { .sa_handler = SIG_DFL };
+        sigset_t block, during_poll;
+        char title[IPADDR_STR_MAX];
+
+        /* dispositions: default for all, ignore SIGPIPE, SIGTERM requests a drain */
+        for (int sig = 1; sig < NSIG; sig++)
+                if (sig != SIGKILL && sig != SIGSTOP)
+                        (void) sigaction(sig, &sa, NULL);
+        sa.sa_handler = SIG_IGN;
+        (void) sigaction(SIGPIPE, &sa, NULL);
+        sa.sa_handler = on_sigterm;
+        (void) sigaction(SIGTERM, &sa, NULL);
+        sigemptyset(&block);
+        sigaddset(&block, SIGTERM);
+        (void) sigprocmask(SIG_SETMASK, &block, NULL);
+        sigemptyset(&during_poll);
+
+        /* the connection becomes fd 3; every other inherited fd above stdio goes */
+        if (fd != 3) {
+                if (dup3(fd, 3, O_CLOEXEC) < 0)
+                        _exit(WORKER_SETUP_FAILED);
+                fd = 3;
+        }
+        if (close_range(4, ~0U, 0) < 0)
+                _exit(WORKER_SETUP_FAILED);
+
+        setproctitle("%s", ipaddr_format_endpoint(peer, title));
+
+        _exit(worker_echo(fd, slot, p, &stop_requested, &during_poll));
+}

@@ -1,0 +1,34 @@
+/* The child: one accepted connection, echoed until the peer is done (RFC 862). */
+#pragma once
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "echod/children.h"
+
+/* Exit codes say how a connection ended; the master turns them into EXIT_REASON. */
+typedef enum WorkerExit {
+        WORKER_CLEAN = 0,        /* peer half-closed, everything echoed, FIN sent */
+        WORKER_SETUP_FAILED = 1, /* the child could not set itself up */
+        WORKER_IDLE_TIMEOUT = 2, /* nothing moved for idle_timeout */
+        WORKER_PEER_RESET = 3,   /* the peer reset the connection */
+        WORKER_IO_ERROR = 4,     /* any other socket error */
+        WORKER_DRAINED = 5,      /* echod stopping: pending echo flushed, FIN sent */
+        _WORKER_EXIT_MAX,
+} WorkerExit;
+
+const char *worker_exit_reason(int code);
+
+typedef struct WorkerParams {
+        unsigned idle_timeout; /* seconds, 0 = none */
+} WorkerParams;
+
+/* The echo loop on a connected socket. Returns a WorkerExit. stop is polled; poll_mask, if not
+ * NULL, is the signal mask during ppoll (so a blocked SIGTERM can interrupt it race-free).
+ * slot may be NULL (no accounting). */
+int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_atomic_t *stop,
+                const sigset_t *poll_mask);
+
+/* In the freshly forked child: reset signals, close every other fd, set the process title,
+ * echo, and _exit with a WorkerExit. */
+_Noreturn void worker_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer);
