@@ -50,7 +50,8 @@ static const Key keys[] = {
 /* State of the one parse in progress (libconfuse is not reentrant anyway). */
 static struct {
         const char *path;
-        char *error; /* first error only: later ones are usually consequences */
+        const char *text; /* the comment-free file */
+        char *error;      /* first error only: later ones are usually consequences */
         int key_line[ELEMENTSOF(keys)];
 } parse;
 
@@ -108,9 +109,11 @@ static int validate_key(cfg_t *cfg, cfg_opt_t *opt) {
         const Key *k = key_find(opt->name);
         unsigned n = cfg_opt_size(opt);
 
-        if (!k || n == 0)
+        if (!k)
                 return 0;
         parse.key_line[k - keys] = cfg->line;
+        if (n == 0)
+                return 0;
 
         switch (k->type) {
         case KEY_INT: {
@@ -279,9 +282,27 @@ static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
         return 0;
 }
 
+/* The line of the last "name =" in the file, for keys libconfuse never validated (empty lists). */
+static int find_assignment(const char *name) {
+        size_t len = strlen(name);
+        int line = 1, found = 0;
+
+        for (const char *p = parse.text; p && *p; line++) {
+                const char *q = p + strspn(p, " \t");
+                if (strncmp(q, name, len) == 0 && strchr(" \t=", q[len]))
+                        found = line;
+                p = strchr(p, '\n');
+                if (p)
+                        p++;
+        }
+        return found;
+}
+
 static int key_line(const char *name) {
         const Key *k = key_find(name);
-        return k ? parse.key_line[k - keys] : 0;
+        if (!k)
+                return 0;
+        return parse.key_line[k - keys] > 0 ? parse.key_line[k - keys] : find_assignment(name);
 }
 
 /* Checks that involve more than one key. */
@@ -324,6 +345,7 @@ int config_load(const char *path, Config **ret, char **ret_error) {
                 goto fail;
         }
         strip_comments(buf);
+        parse.text = buf;
 
         for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
                 const Key *k = &keys[i];
@@ -369,10 +391,12 @@ int config_load(const char *path, Config **ret, char **ret_error) {
         if (r < 0)
                 goto fail;
 
+        parse.text = NULL;
         *ret = TAKE_PTR(c);
         return 0;
 
 fail:
+        parse.text = NULL;
         if (r != -ENOMEM)
                 r = -EINVAL;
         if (ret_error)

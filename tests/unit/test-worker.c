@@ -1,0 +1,170 @@
+/* Unit tests: the worker's echo loop over a socketpair — large binary data, half-close, idle
+ * timeout, peer reset, drain on stop. The worker runs in a forked child, as in echod. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "echod/worker.h"
+#include "shared/io.h"
+#include "shared/timeutil.h"
+
+static volatile sig_atomic_t stop_flag;
+static void on_term(int sig) {
+        stop_flag = 1;
+}
+
+/* Fork a worker on one end of a socketpair; returns our end. */
+static int spawn_worker(unsigned idle, SlotShared *slot, pid_t *ret_pid) {
+        int sv[2];
+
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                WorkerParams p = { .idle_timeout = idle };
+                sigset_t block, none;
+                struct sigaction sa = { .sa_handler = on_term };
+                close(sv[0]);
+                sigaction(SIGTERM, &sa, NULL);
+                sigemptyset(&block);
+                sigaddset(&block, SIGTERM);
+                sigprocmask(SIG_BLOCK, &block, NULL);
+                sigemptyset(&none);
+                _exit(worker_echo(sv[1], slot, &p, &stop_flag, &none));
+        }
+        close(sv[1]);
+        *ret_pid = pid;
+        return sv[0];
+}
+
+static int wait_exit(pid_t pid) {
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        return WEXITSTATUS(status);
+}
+
+static void test_echo_half_close(void **state) {
+        const size_t len = 8 * 1024 * 1024;
+        uint8_t *data = malloc(len), *back = malloc(len);
+        pid_t pid, writer;
+        int fd = spawn_worker(0, NULL, &pid);
+
+        arc4random_buf(data, len);
+        /* write and read concurrently: a writer process, the reader here */
+        writer = fork();
+        if (writer == 0) {
+                _exit(write_full(fd, data, len) == 0 && shutdown(fd, SHUT_WR) == 0 ? 0 : 1);
+        }
+        assert_int_equal(read_full(fd, back, len), (ssize_t) len);
+        assert_memory_equal(data, back, len);
+        /* after the echo: a clean EOF, not a reset */
+        char extra;
+        assert_int_equal(read(fd, &extra, 1), 0);
+        assert_int_equal(wait_exit(writer), 0);
+        assert_int_equal(wait_exit(pid), WORKER_CLEAN);
+        close(fd);
+        free(data);
+        free(back);
+}
+
+static void test_zero_bytes(void **state) {
+        pid_t pid;
+        int fd = spawn_worker(0, NULL, &pid);
+        char c;
+
+        assert_int_equal(shutdown(fd, SHUT_WR), 0);
+        assert_int_equal(read(fd, &c, 1), 0);
+        assert_int_equal(wait_exit(pid), WORKER_CLEAN);
+        close(fd);
+}
+
+static void test_idle_timeout(void **state) {
+        pid_t pid;
+        int fd = spawn_worker(1, NULL, &pid);
+        uint64_t t0 = now_usec();
+        char buf[8];
+
+        assert_int_equal(write_full(fd, "ping", 4), 0);
+        assert_int_equal(read_full(fd, buf, 4), 4);
+        assert_memory_equal(buf, "ping", 4);
+        /* nothing more: the worker gives up after ~1 s */
+        assert_int_equal(wait_exit(pid), WORKER_IDLE_TIMEOUT);
+        uint64_t took = now_usec() - t0;
+        assert_true(took >= 900 * USEC_PER_MSEC);
+        assert_true(took < 3 * USEC_PER_SEC);
+        close(fd);
+}
+
+static void test_stop_drains(void **state) {
+        pid_t pid;
+        int fd = spawn_worker(0, NULL, &pid);
+        char buf[16];
+
+        assert_int_equal(write_full(fd, "pending", 7), 0);
+        assert_int_equal(read_full(fd, buf, 7), 7);
+        kill(pid, SIGTERM);
+        /* the worker sends FIN; we see EOF, then close our side */
+        assert_int_equal(read(fd, buf, sizeof(buf)), 0);
+        shutdown(fd, SHUT_WR);
+        assert_int_equal(wait_exit(pid), WORKER_DRAINED);
+        close(fd);
+}
+
+static void test_accounting(void **state) {
+        SlotShared *slot = mmap(NULL, sizeof(SlotShared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        char buf[1000];
+        pid_t pid;
+        int fd = spawn_worker(0, slot, &pid);
+
+        memset(buf, 'x', sizeof(buf));
+        assert_int_equal(write_full(fd, buf, sizeof(buf)), 0);
+        shutdown(fd, SHUT_WR);
+        assert_int_equal(read_full(fd, buf, sizeof(buf)), 1000);
+        assert_int_equal(wait_exit(pid), WORKER_CLEAN);
+        assert_int_equal(atomic_load(&slot->bytes_in), 1000);
+        assert_int_equal(atomic_load(&slot->bytes_out), 1000);
+        assert_true(atomic_load(&slot->last_active_usec) > 0);
+        munmap(slot, sizeof(SlotShared));
+        close(fd);
+}
+
+static void test_peer_gone(void **state) {
+        pid_t pid;
+        int fd = spawn_worker(0, NULL, &pid);
+        char big[65536] = { 0 };
+
+        /* the peer writes and vanishes without reading: the worker's write fails (EPIPE) */
+        assert_int_equal(write_full(fd, big, sizeof(big)), 0);
+        close(fd);
+        int code = wait_exit(pid);
+        assert_true(code == WORKER_PEER_RESET || code == WORKER_CLEAN);
+}
+
+static void test_exit_reasons(void **state) {
+        assert_string_equal(worker_exit_reason(WORKER_CLEAN), "clean");
+        assert_string_equal(worker_exit_reason(WORKER_IDLE_TIMEOUT), "idle-timeout");
+        assert_string_equal(worker_exit_reason(WORKER_DRAINED), "drained");
+        assert_string_equal(worker_exit_reason(77), "unknown-exit");
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_echo_half_close), cmocka_unit_test(test_zero_bytes),
+                cmocka_unit_test(test_idle_timeout),    cmocka_unit_test(test_stop_drains),
+                cmocka_unit_test(test_accounting),      cmocka_unit_test(test_peer_gone),
+                cmocka_unit_test(test_exit_reasons),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
