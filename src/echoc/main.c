@@ -153,7 +153,15 @@ static int parse_argv(int argc, char **argv, Parsed *p) {
         uint64_t *sec = NULL;
         int c;
 
-        while ((c = getopt_long(argc, argv, "46p:W:c:i:s:w:qJvhV", options, NULL)) >= 0) {
+        int li = -1;
+        while ((c = getopt_long(argc, argv, "46p:W:c:i:s:w:qJvhV", options, &li)) >= 0) {
+                char name[32];
+
+                if (li >= 0)
+                        snprintf(name, sizeof(name), "--%s", options[li].name);
+                else
+                        snprintf(name, sizeof(name), "-%c", c);
+                li = -1;
                 err = NULL;
                 sec = NULL;
                 switch (c) {
@@ -259,8 +267,7 @@ static int parse_argv(int argc, char **argv, Parsed *p) {
                 if (sec && parse_seconds(optarg, sec) < 0)
                         err = "invalid time (seconds, or with a unit: 250ms, 2s, 1m)";
                 if (err) {
-                        report_error("option %s: '%s': %s", argv[optind - 1][0] == '-' ? argv[optind - 1] : "argument",
-                                     optarg, err);
+                        report_error("option %s '%s': %s", name, optarg, err);
                         return -EINVAL;
                 }
         }

@@ -203,11 +203,18 @@ static const char *target_name(const Session *s, char *buf, size_t size) {
 
 /* ---- Nagios: "ECHO STATE - text|rtt=...ms;W;C;0 loss=...%;W;C;0;100" ---- */
 
+/* Plain decimal, no exponent, no trailing zeros: 0.5, 100, 0.001. */
 static void perf_threshold(char *buf, size_t size, double v) {
-        if (isnan(v))
+        if (isnan(v)) {
                 buf[0] = 0;
-        else
-                snprintf(buf, size, "%.3f", v);
+                return;
+        }
+        snprintf(buf, size, "%.3f", v);
+        char *e = buf + strlen(buf);
+        while (e > buf && e[-1] == '0')
+                *--e = 0;
+        if (e > buf && e[-1] == '.')
+                *--e = 0;
 }
 
 static int nagios_report(const Session *s, const char *text, double rtt_ms, double loss, uint64_t corrupted, int status) {
