@@ -1,0 +1,121 @@
+"""SIGHUP reload: parse, validate, swap only on success; listeners diffed without a closed window;
+running connections untouched."""
+import socket
+import threading
+import time
+
+from conftest import base_config, connect, echo_roundtrip
+from test_limits import ping, refused
+
+
+def test_reload_changes_limit_and_keeps_connections(echod_factory):
+    e = echod_factory(max_connections=2, max_per_source=0)
+    held = [connect(e.endpoint()) for _ in range(2)]
+    for s in held:
+        assert ping(s)
+    over = connect(e.endpoint())
+    assert refused(over)
+    over.close()
+    port_before = e.port
+
+    e.write_config(base_config(max_connections=4, max_per_source=0))
+    e.reload()
+    e.wait_log(r"reloaded configuration from ")
+    assert e.port == port_before  # the listener was kept, not re-bound
+    now = connect(e.endpoint())
+    assert ping(now)             # the new limit is in force
+    for s in held:               # connections from before the reload are untouched
+        assert ping(s, b"x" * 100000)
+    for s in held + [now]:
+        s.close()
+
+
+def test_reload_adds_and_removes_listeners(echod_factory):
+    e = echod_factory(listen='"127.0.0.1:0"')
+    v4 = e.endpoint(socket.AF_INET)
+    survivor = connect(v4)
+    assert ping(survivor)
+
+    # add [::1]
+    e.write_config(base_config(listen='"127.0.0.1:0", "[::1]:0"'))
+    e.reload()
+    assert e.endpoint(socket.AF_INET) == v4
+    v6 = e.endpoint(socket.AF_INET6)
+    with connect(v6) as s:
+        assert echo_roundtrip(s, b"new listener") == b"new listener"
+
+    # remove 127.0.0.1
+    e.write_config(base_config(listen='"[::1]:0"'))
+    e.reload()
+    e.wait_log(rf"no longer listening on {v4[0]}:{v4[1]}")
+    assert e.addresses == [f"[::1]:{v6[1]}"]
+    try:
+        socket.create_connection(v4, timeout=2).close()
+        raise AssertionError("removed listener still accepts")
+    except ConnectionRefusedError:
+        pass
+    # a connection accepted on the removed listener keeps echoing
+    assert ping(survivor, b"still here")
+    survivor.close()
+
+
+def test_invalid_reload_keeps_old_config(echod_factory):
+    e = echod_factory(max_connections=1, max_per_source=0)
+    e.write_config("# broken on purpose\nmax_connections = 5\n\nmax_connections = many\n")
+    e.reload()  # READY=1 comes back even when the reload failed
+    e.wait_log(rf"Failed to reload, keeping the old configuration: {e.conf_path}:4: "
+               r"invalid integer value for option 'max_connections'")
+    # still the old limit of 1, still listening on the same port
+    a = connect(e.endpoint())
+    assert ping(a)
+    b = connect(e.endpoint())
+    assert refused(b)
+    a.close()
+    b.close()
+    assert e.proc.poll() is None
+
+
+def test_reload_with_unbindable_address_keeps_old_config(echod_factory):
+    e = echod_factory(max_connections=1, max_per_source=0)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    busy = blocker.getsockname()[1]
+    e.write_config(base_config(listen=f'"127.0.0.1:0", "127.0.0.1:{busy}"', max_connections=5, max_per_source=0))
+    e.reload()
+    e.wait_log(rf"keeping the old configuration: cannot listen on 127\.0\.0\.1:{busy}: Address already in use")
+    a = connect(e.endpoint())
+    assert ping(a)
+    b = connect(e.endpoint())
+    assert refused(b)  # max_connections is still 1: nothing of the new file was applied
+    for s in (a, b, blocker):
+        s.close()
+
+
+def test_no_refused_connect_during_reloads(echod_factory):
+    """Clients connect continuously while we reload 10 times: none fails."""
+    e = echod_factory(max_connections=100, max_per_source=0)
+    stop = threading.Event()
+    results = {"ok": 0, "failed": []}
+
+    def client():
+        while not stop.is_set():
+            try:
+                with connect(e.endpoint(), timeout=5) as s:
+                    assert echo_roundtrip(s, b"during reload") == b"during reload"
+                results["ok"] += 1
+            except Exception as ex:  # noqa: BLE001 - every failure is recorded
+                results["failed"].append(repr(ex))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(10):
+        e.write_config(base_config(max_connections=100 + i, max_per_source=0))
+        e.reload()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert results["failed"] == []
+    assert results["ok"] > 10
+    assert len(e.wait_log(r"reloaded configuration from", count=10)) == 10
