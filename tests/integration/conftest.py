@@ -78,6 +78,9 @@ class Echod:
         self.wrapper = list(wrapper)
         self.status = None
         self.addresses = []
+        # teardown asserts a clean exit (0 on SIGTERM) and no sanitizer report in the log;
+        # tests that make echod fail on purpose set this to False
+        self.check_exit = True
 
     def write_config(self, conf):
         with open(self.conf_path, "w") as f:
@@ -204,9 +207,18 @@ def echod_factory(tmpdir_path):
         return e
 
     yield make
+    problems = []
     for e in started:
-        e.stop()
+        was_running = e.proc is not None and e.proc.poll() is None
+        rc = e.stop()
         e.notify.close()
+        log = e.log()
+        if re.search(r"Sanitizer|runtime error:", log):
+            problems.append(f"sanitizer report in echod's log:\n{log[-4000:]}")
+        elif e.check_exit and was_running and rc != 0:
+            problems.append(f"echod exited {rc} on SIGTERM; log:\n{log[-4000:]}")
+    if problems:
+        pytest.fail("\n".join(problems))
 
 
 @pytest.fixture
