@@ -2,6 +2,7 @@
  * undefined statistics are null, never NaN) and Nagios plugin lines with perfdata. */
 #include "echoc/report.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
@@ -442,6 +443,19 @@ void report_load_progress(const Session *s, const LoadResult *r, const LoadInter
         fflush(stderr);
 }
 
+static const char *load_error_text(int e) {
+        switch (e) {
+        case ENODATA:
+                return "server closed before echoing everything";
+        case EBADMSG:
+                return "server sent bytes it was never sent";
+        case ECONNABORTED:
+                return "reset before any echo (refused after accept)";
+        default:
+                return strerror(e);
+        }
+}
+
 static double load_loss(const LoadResult *r) {
         uint64_t bad = r->refused + r->failed + r->timeouts, all = bad + r->ok;
 
@@ -490,6 +504,11 @@ int report_load_end(const Session *s, const LoadResult *r, int status) {
                 json_u64(&j, "timeouts", r->timeouts);
                 json_u64(&j, "unfinished", r->unfinished);
                 json_num(&j, "per_second", rate);
+                json_open(&j, "errors", '{');
+                for (int e = 1; e < LOAD_ERRNO_MAX; e++)
+                        if (r->errors[e] > 0)
+                                json_u64(&j, load_error_text(e), r->errors[e]);
+                json_close(&j, '}');
                 json_close(&j, '}');
                 json_u64(&j, "round_trips", r->round_trips);
                 json_u64(&j, "mismatches", r->mismatches);
@@ -529,6 +548,9 @@ int report_load_end(const Session *s, const LoadResult *r, int status) {
         printf("round trips: %llu, bytes: %llu sent, %llu echoed, %.2f MB/s echoed, time %.3f s\n",
                (unsigned long long) r->round_trips, (unsigned long long) r->bytes_sent,
                (unsigned long long) r->bytes_echoed, secs > 0 ? (double) r->bytes_echoed / secs / 1e6 : 0.0, secs);
+        for (int e = 1; e < LOAD_ERRNO_MAX; e++)
+                if (r->errors[e] > 0)
+                        printf("failures: %llu x %s\n", (unsigned long long) r->errors[e], load_error_text(e));
         if (h->count > 0)
                 printf("latency p50/p90/p99/max = %.3f/%.3f/%.3f/%.3f ms\n", p50, p90, p99, max);
         printf("mismatches: %llu\n", (unsigned long long) r->mismatches);

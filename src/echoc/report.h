@@ -46,11 +46,14 @@ typedef struct LoadInterval {
         uint64_t ok, failed, round_trips, bytes;
 } LoadInterval;
 
+#define LOAD_ERRNO_MAX 160
+
 typedef struct LoadResult {
         uint64_t ok, refused, failed, timeouts, unfinished;
         uint64_t round_trips, mismatches;
         uint64_t bytes_sent, bytes_echoed;
         uint64_t elapsed_usec;
+        uint64_t errors[LOAD_ERRNO_MAX]; /* failures by errno (ENODATA: closed early) */
         Histogram latency;
         LoadInterval *intervals;
         size_t n_intervals, n_allocated;

@@ -34,10 +34,15 @@ def load(*args):
     return r, res, elapsed
 
 
-def check_clean(r, res, elapsed, duration):
+def check_clean(r, res, elapsed, duration, refusals_allowed=False):
+    """refusals_allowed: echod refuses over its per-source limit, and children not yet reaped
+    still count, so an unthrottled one-shot load may meet a few refusals (reported, exit 0)."""
     assert r.returncode == 0, (r.stdout, r.stderr)
-    assert res["mismatches"] == 0 and res["failed"] == 0 and res["refused"] == 0 and res["timeouts"] == 0
-    assert res["round_trips"] > 0 and res["sent"] == res["echoed"] == res["round_trips"] * 64
+    assert res["mismatches"] == 0 and res["failed"] == 0 and res["timeouts"] == 0
+    assert refusals_allowed or res["refused"] == 0
+    assert res["refused"] <= res["ok"] // 100  # a few at most
+    assert res["round_trips"] > 0 and res["echoed"] == res["round_trips"] * 64
+    assert 0 <= res["sent"] - res["echoed"] <= res["refused"] * 64  # a refused payload gets no echo
     p50, p90, p99, mx = res["latency"]
     assert 0 < p50 <= p90 <= p99 <= mx
     assert elapsed < duration + 4  # bounded: duration plus at most the end grace (2 s) and start-up
@@ -61,8 +66,16 @@ def test_load_correct_server_persistent():
 
 def test_load_against_echod_one_shot(echod):
     r, res, elapsed = load("--duration", 2, "--connections", 8, *echod.endpoint())
-    check_clean(r, res, elapsed, 2)
-    print(f"echod one-shot load: {res['rate']:.0f} connections/s, p50 {res['latency'][0]} ms")
+    check_clean(r, res, elapsed, 2, refusals_allowed=True)
+    print(f"echod one-shot load: {res['rate']:.0f} connections/s, p50 {res['latency'][0]} ms, "
+          f"{res['refused']} refused")
+
+
+def test_load_against_echod_rate_limited(echod):
+    """Below the rate where unreaped children meet the per-source limit: nothing refused."""
+    r, res, elapsed = load("--rate", 500, "--duration", 1, "--connections", 8, *echod.endpoint())
+    check_clean(r, res, elapsed, 1)
+    assert 450 <= res["ok"] <= 501
 
 
 def test_load_against_echod_persistent(echod):
