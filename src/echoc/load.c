@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -339,6 +340,13 @@ int load_run(Session *s) {
                         while (net_wait(fd, POLLIN, until) > 0 && recv(fd, b, sizeof(b), 0) > 0)
                                 ;
                 }
+        }
+
+        /* one fd per connection: raise the soft limit as far as the hard one allows */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t) o->connections + 64) {
+                rl.rlim_cur = MIN(rl.rlim_max, (rlim_t) o->connections + 64);
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
         }
 
         l = calloc(1, sizeof(*l));

@@ -237,3 +237,41 @@ def test_interactive_line_by_line():
         finally:
             p.kill()
             p.wait()
+
+
+def test_interactive_on_a_terminal():
+    """stdin and stdout a real pty in canonical mode: each typed line is echoed back at once
+    (after the terminal's own local echo), and Ctrl-D ends the session cleanly."""
+    import pty
+    import select
+
+    def read_until(fd, want, timeout=10):
+        got = b""
+        deadline = time.monotonic() + timeout
+        while want not in got:
+            left = deadline - time.monotonic()
+            assert left > 0, f"never saw {want!r}; got {got!r}"
+            if select.select([fd], [], [], left)[0]:
+                try:
+                    got += os.read(fd, 4096)
+                except OSError:  # EIO: the slave side closed
+                    break
+        return got
+
+    with EchoServer("echo") as srv:
+        master, slave = pty.openpty()
+        env = sanitizer_env(dict(os.environ))
+        p = subprocess.Popen([ECHOC, *map(str, srv.endpoint())], stdin=slave, stdout=slave,
+                             stderr=subprocess.PIPE, env=env)
+        os.close(slave)
+        try:
+            for line in (b"typed one", b"and another"):
+                os.write(master, line + b"\n")
+                # the tty's local echo, then echoc's output of the server's echo
+                read_until(master, line + b"\r\n" + line + b"\r\n")
+            os.write(master, b"\x04")  # Ctrl-D: EOF at the start of a line
+            assert p.wait(10) == 0, p.stderr.read()
+        finally:
+            p.kill()
+            p.wait()
+            os.close(master)
