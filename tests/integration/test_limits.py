@@ -155,3 +155,26 @@ def test_emfile_backs_off_and_recovers(echod_factory):
         s.settimeout(2)
         assert echo_roundtrip(s, b"served after back-off") == b"served after back-off"
         s.close()
+
+
+def test_fork_failure_refuses_and_recovers(echod_factory):
+    """RLIMIT_NPROC hit: fork() fails, that connection is refused, the master carries on."""
+    e = echod_factory(user='"nobody"', max_per_source=0)
+    pid = e.proc.pid
+    held = connect(e.endpoint())
+    assert ping(held)  # one child of nobody's exists now
+    # as nobody (we lack CAP_SYS_RESOURCE to touch another uid's limits); soft limit only
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    soft = subprocess.run(as_nobody + ["prlimit", f"--pid={pid}", "--nproc", "--raw", "--noheadings",
+                                       "--output=SOFT"], check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(as_nobody + ["prlimit", f"--pid={pid}", "--nproc=1:"], check=True)
+    s = connect(e.endpoint())
+    assert refused(s)
+    s.close()
+    e.wait_log(r"refused connection from 127\.0\.0\.1:\d+: fork-failed: Resource temporarily unavailable")
+    e.wait_status(lambda st: "fork 1)" in st)
+    assert ping(held)
+    subprocess.run(as_nobody + ["prlimit", f"--pid={pid}", f"--nproc={soft}:"], check=True)
+    with connect(e.endpoint()) as s:
+        assert echo_roundtrip(s, b"forks again") == b"forks again"
+    held.close()
