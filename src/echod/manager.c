@@ -432,6 +432,10 @@ static int apply_listeners(Manager *m, const Config *c) {
         free(m->listeners);
         m->listeners = list;
         m->n_listeners = n;
+        for (unsigned i = 0; i < n; i++)
+                if (!list[i]->source) /* freshly bound: kept ones already have their source */
+                        log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on %s",
+                                 ipaddr_format_endpoint(&list[i]->bound, a));
         r = attach_listeners(m);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch listeners");
@@ -478,7 +482,6 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
                 if (regroup)
                         regroup_sources(m);
                 log_full(LOG_INFO, 0, MESSAGE_ID_RELOADED, "reloaded configuration from %s", c->path);
-                log_listeners(m);
         }
         format_status(m, m->last_status, sizeof(m->last_status));
         notify_ready(m->last_status);
