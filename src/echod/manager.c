@@ -99,6 +99,9 @@ static void update_status(Manager *m, bool force) {
                 return;
         memcpy(m->last_status, status, sizeof(status));
         notify_status(status);
+        /* what ps(1) shows, as sshd does: "echod: master [3 of 512 connections]" */
+        setproctitle("master [%u of %u connections]", child_table_active(m->children),
+                     m->config->max_connections);
 }
 
 static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -573,6 +576,7 @@ int manager_run(Manager *m, void (*ready)(void)) {
         log_listeners(m);
         format_status(m, m->last_status, sizeof(m->last_status));
         notify_ready(m->last_status);
+        setproctitle("master [0 of %u connections]", m->config->max_connections);
         log_full(LOG_INFO, 0, MESSAGE_ID_STARTED, "echod %s started: max_connections=%u, max_per_source=%u",
                  PACKAGE_VERSION, m->config->max_connections, m->config->max_per_source);
         if (ready)

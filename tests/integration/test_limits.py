@@ -53,6 +53,9 @@ def test_max_connections(echod_factory):
         assert ping(s, os.urandom(100000))
     e.wait_log(r"refused connection from 127\.0\.0\.1:\d+: capacity \(max_connections=3 reached\)")
     e.wait_status(lambda st: "refused (capacity 1," in st)
+    # ps shows the master's load, refreshed with STATUS=
+    with open(f"/proc/{e.proc.pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0].strip() == b"echod: master [3 of 3 connections]"
     # a slot freed is a slot available again
     held.pop().close()
     e.wait_log(r"closed: clean", count=1)
