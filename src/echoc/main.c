@@ -372,6 +372,8 @@ int main(int argc, char **argv) {
         if (r != 0) {
                 if (r < 0)
                         fprintf(stderr, "Try 'echoc --help'.\n");
+                if (r < 0 && nagios)
+                        printf("ECHO UNKNOWN - invalid command line (see echoc --help)\n");
                 return nagios ? NAGIOS_UNKNOWN : r > 0 ? EXIT_INTACT : EXIT_ERROR;
         }
 

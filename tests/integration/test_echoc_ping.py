@@ -263,6 +263,7 @@ def test_nagios_failures():
     assert r.returncode == 2 and r.stdout.decode().startswith("ECHO CRITICAL - connect to 127.0.0.1:")
     r = run_echoc("--nagios", "--warning-rtt", "abc", "127.0.0.1")
     assert r.returncode == 3  # UNKNOWN on usage errors
+    assert r.stdout.decode().startswith("ECHO UNKNOWN - ")
 
 
 def test_nagios_against_echod(echod):
