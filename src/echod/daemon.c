@@ -44,15 +44,21 @@ _Noreturn static void wait_for_daemon(int fd, pid_t child) {
         exit(EXIT_FAILURE);
 }
 
-int daemonize(const char *pidfile) {
-        int pipefd[2];
-        pid_t pid, otherpid;
+int daemon_lock_pidfile(const char *pidfile) {
+        pid_t otherpid;
 
-        if (pidfile && pidfile[0]) {
-                pidfh = pidfile_open(pidfile, 0644, &otherpid);
-                if (!pidfh)
-                        return errno == EEXIST ? -EEXIST : negative_errno();
-        }
+        if (!pidfile || !pidfile[0])
+                return 0;
+        pidfh = pidfile_open(pidfile, 0644, &otherpid);
+        if (!pidfh)
+                return errno == EEXIST ? -EEXIST : negative_errno();
+        return 0;
+}
+
+int daemonize(void) {
+        int pipefd[2];
+        pid_t pid;
+
         if (pipe2(pipefd, O_CLOEXEC) < 0)
                 return negative_errno();
 

@@ -3,11 +3,15 @@
 
 #include <stdbool.h>
 
+/* Before binding: create and flock the pidfile, so that a second instance is told the first
+ * runs rather than that its port is busy. pidfile may be NULL or "" for none; -EEXIST if
+ * another instance holds it. The lock is inherited by the daemon. */
+int daemon_lock_pidfile(const char *pidfile);
+
 /* Detach. Returns only in the daemon (0) or on failure before forking (-errno). The starting
  * process waits on a pipe and exits 0 once daemon_ready() is called, or 1 printing whatever
- * error the daemon reported (see log_set_startup_fd()) if it exits first.
- * pidfile may be NULL or "" for none; -EEXIST if another instance holds it. */
-int daemonize(const char *pidfile);
+ * error the daemon reported (see log_set_startup_fd()) if it exits first. */
+int daemonize(void);
 
 /* In the daemon: write the pidfile (if any) — call before dropping privileges. */
 int daemon_write_pidfile(void);

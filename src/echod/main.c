@@ -153,6 +153,22 @@ int main(int argc, char *argv[], char *envp[]) {
         }
 
         log_setup(arg_stderr);
+        /* until detached, the operator's terminal is the starting process's stderr: syslog alone
+         * (possibly absent) would leave "echod" failing with exit 1 and no word */
+        if (!arg_foreground && log_get_target() != LOG_TARGET_STDERR)
+                log_set_startup_fd(STDERR_FILENO);
+
+        if (!arg_foreground) {
+                r = daemon_lock_pidfile(config->pidfile);
+                if (r == -EEXIST) {
+                        log_error("Failed to daemonize: %s is locked by another running echod", config->pidfile);
+                        goto fail;
+                }
+                if (r < 0) {
+                        log_error_errno(r, "Failed to open %s", config->pidfile);
+                        goto fail;
+                }
+        }
 
         /* adopt systemd's sockets in the very process systemd started, before any fork */
         r = listeners_adopt(&listeners, &rejected);
@@ -171,11 +187,7 @@ int main(int argc, char *argv[], char *envp[]) {
                 goto fail;
 
         if (!arg_foreground) {
-                r = daemonize(config->pidfile);
-                if (r == -EEXIST) {
-                        log_error("Failed to daemonize: %s is locked by another running echod", config->pidfile);
-                        goto fail;
-                }
+                r = daemonize();
                 if (r < 0) {
                         log_error_errno(r, "Failed to daemonize");
                         goto fail;
