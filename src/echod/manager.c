@@ -57,6 +57,7 @@ struct Manager {
 };
 
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+static unsigned reap_children(Manager *m);
 
 static AdmitLimits manager_limits(const Manager *m) {
         return (AdmitLimits) {
@@ -232,6 +233,11 @@ static void handle_connection(Manager *m, Listener *l, int fd, const SockAddr *s
                 return;
         admit_source_key(&peer, &limits, &source);
         verdict = admit_connection(m->sources, &limits, child_table_active(m->children), &source);
+        /* Children that finished but whose SIGCHLD is not processed yet would still count: a
+         * client reconnecting at once would be refused for connections it already closed.
+         * Only on this (rare) path: reap now and decide again. */
+        if (verdict != ADMIT_OK && reap_children(m) > 0)
+                verdict = admit_connection(m->sources, &limits, child_table_active(m->children), &source);
         if (verdict != ADMIT_OK) {
                 note_refusal(m, verdict, &peer, &source, 0);
                 return;
@@ -349,14 +355,23 @@ static void record_exit(Manager *m, pid_t pid, int status) {
                 });
 }
 
-static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
-        Manager *m = userdata;
+/* Collect every exited child; returns how many. */
+static unsigned reap_children(Manager *m) {
+        unsigned n = 0;
         int status;
         pid_t pid;
 
-        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
                 record_exit(m, pid, status);
+                n++;
+        }
+        return n;
+}
 
+static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+
+        reap_children(m);
         if (m->stopping && child_table_active(m->children) == 0)
                 return sd_event_exit(m->event, 0);
         return 0;
