@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "echod/log.h"
@@ -42,6 +43,13 @@ _Noreturn static void wait_for_daemon(int fd, pid_t child) {
         else
                 fprintf(stderr, "echod: the daemon exited during startup\n");
         exit(EXIT_FAILURE);
+}
+
+void daemon_close_inherited_fds(void) {
+        /* keep stdio and the sockets systemd passed (LISTEN_FDS, for this pid only) */
+        int n = sd_listen_fds(0);
+
+        (void) close_range((unsigned) (SD_LISTEN_FDS_START + (n > 0 ? n : 0)), ~0U, 0);
 }
 
 int daemon_lock_pidfile(const char *pidfile) {

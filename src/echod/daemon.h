@@ -3,6 +3,11 @@
 
 #include <stdbool.h>
 
+/* daemon(7) step 1: close every fd inherited from the starter but stdio and socket-activated
+ * ones, so no caller waiting for EOF on a pipe it passed us hangs for our lifetime. First thing
+ * in main, before echod opens anything of its own. */
+void daemon_close_inherited_fds(void);
+
 /* Before binding: create and flock the pidfile, so that a second instance is told the first
  * runs rather than that its port is busy. pidfile may be NULL or "" for none; -EEXIST if
  * another instance holds it. The lock is inherited by the daemon. */

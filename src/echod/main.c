@@ -135,6 +135,8 @@ int main(int argc, char *argv[], char *envp[]) {
         setproctitle_init(argc, argv, envp);
         if (parse_argv(argc, argv) < 0)
                 return EXIT_USAGE;
+        if (!arg_foreground && !arg_test && !arg_dump)
+                daemon_close_inherited_fds();
 
         r = config_load(arg_config, &config, &error);
         if (r < 0) {

@@ -272,8 +272,6 @@ def test_daemon_mode(daemon_conf):
     assert refused(port)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: daemonize() keeps fds inherited from the starter open "
-                   "(daemon(7) SysV step 1); a caller waiting for EOF on such a pipe hangs")
 def test_daemon_closes_inherited_fds(daemon_conf):
     conf, port, pidfile, pids = daemon_conf
     r, w = os.pipe()
