@@ -18,6 +18,10 @@ static const char *const refusal_names[_REFUSE_MAX] = {
         [ADMIT_OK] = "admitted",
         [REFUSE_CAPACITY] = "capacity",
         [REFUSE_PER_SOURCE] = "per-source",
+        [REFUSE_RATE] = "rate",
+        [REFUSE_PER_SOURCE_RATE] = "per-source-rate",
+        [REFUSE_ACL] = "acl",
+        [REFUSE_PROXY] = "proxy",
         [REFUSE_FORK] = "fork-failed",
 };
 
@@ -86,10 +90,10 @@ void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret) {
 }
 
 Refusal admit_connection(SourceTable *t, const AdmitLimits *l, unsigned active, const IpAddr *key) {
-        if (active >= l->max_connections)
-                return REFUSE_CAPACITY;
         if (l->max_per_source > 0 && source_table_count(t, key) >= l->max_per_source)
                 return REFUSE_PER_SOURCE;
+        if (active >= l->max_connections)
+                return REFUSE_CAPACITY;
         return ADMIT_OK;
 }
 

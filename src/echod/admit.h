@@ -9,13 +9,17 @@
 
 typedef enum Refusal {
         ADMIT_OK = 0,
-        REFUSE_CAPACITY,   /* max_connections reached */
-        REFUSE_PER_SOURCE, /* max_per_source reached for the peer's source prefix */
-        REFUSE_FORK,       /* fork() failed */
+        REFUSE_CAPACITY,        /* max_connections reached (or waited queue_timeout) */
+        REFUSE_PER_SOURCE,      /* max_per_source reached for the peer's source prefix */
+        REFUSE_RATE,            /* connection_rate exceeded */
+        REFUSE_PER_SOURCE_RATE, /* per_source_rate exceeded for the peer's source prefix */
+        REFUSE_ACL,             /* denied by allow/deny */
+        REFUSE_PROXY,           /* PROXY header untrusted, malformed or missing */
+        REFUSE_FORK,            /* fork() failed */
         _REFUSE_MAX,
 } Refusal;
 
-const char *refusal_name(Refusal r); /* "capacity", "per-source", ... */
+const char *refusal_name(Refusal r); /* "capacity", "per-source", "rate", ... */
 
 typedef struct AdmitLimits {
         unsigned max_connections;
@@ -37,7 +41,8 @@ unsigned source_table_size(const SourceTable *t);
 /* The group a peer belongs to for per-source limits: its address masked to the prefix length. */
 void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret);
 
-/* Decide on a new connection given the current number of live children. */
+/* Decide on concurrency given the current number of live (or queued) connections: the
+ * per-source limit first (so a queue cannot be filled by one source), then the global one. */
 Refusal admit_connection(SourceTable *t, const AdmitLimits *l, unsigned active, const IpAddr *key);
 
 /* Refusal logging without floods: the first refusal of a kind is reported at once, later ones

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -22,7 +23,9 @@ typedef struct SlotShared {
 /* Master-private: a child cannot scribble over what the master trusts. */
 typedef struct Child {
         pid_t pid;
+        bool proxied; /* peer came from a PROXY header; via is the sender */
         IpAddr peer;
+        IpAddr via;
         IpAddr local;
         IpAddr source; /* the per-source key it was admitted under */
         uint64_t start_usec; /* CLOCK_MONOTONIC */

@@ -1,9 +1,6 @@
 /* echod.conf: libconfuse parsing into a plain Config, validation with exact file:line errors.
- *
- * libconfuse 3.3 miscounts lines after comments (+2 per '#'/'//' comment) and rejects comments
- * inside {...} lists. We therefore blank out comments ourselves, keeping every newline, and hand
- * libconfuse a comment-free buffer: its line counter is then exact and lists may hold comments.
- * The parser is not reentrant; echod parses only from its single-threaded master. */
+ * libconfuse sees a comment-free text (config-text.c), so its line numbers are exact. The parser
+ * is not reentrant; echod parses only from its single-threaded master. */
 #include "echod/config.h"
 
 #include <confuse.h>
@@ -15,36 +12,57 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "echod/config-text.h"
 #include "shared/macro.h"
 
-/* One table holds every key: its type, default, range and documentation. */
-typedef enum KeyType { KEY_INT, KEY_BOOL, KEY_STR, KEY_LISTEN } KeyType;
+/* One table holds every key: its type, default and range. Defaults live here and nowhere else. */
+typedef enum KeyType { KEY_UINT, KEY_U64, KEY_FLOAT, KEY_BOOL, KEY_STR, KEY_ENUM, KEY_LISTEN, KEY_CIDRS } KeyType;
 
 typedef struct Key {
         const char *name;
         KeyType type;
         long def_int;
-        const char *def_str; /* strings; for KEY_LISTEN the libconfuse list default */
-        long min, max;
+        const char *def_str; /* strings and enums; for lists the libconfuse list default */
+        double min, max;
         size_t offset;
+        const char *const *values; /* KEY_ENUM: the accepted words, in enum order */
 } Key;
 
-#define KEY_UINT(n, d, lo, hi) { #n, KEY_INT, d, NULL, lo, hi, offsetof(Config, n) }
-#define KEY_STRING(n, d) { #n, KEY_STR, 0, d, 0, 0, offsetof(Config, n) }
+static const char *const at_capacity_values[] = { "refuse", "queue", NULL };
+
+#define KEY_NUM(n, t, d, lo, hi) { #n, t, d, NULL, lo, hi, offsetof(Config, n), NULL }
+#define KEY_UNSIGNED(n, d, lo, hi) KEY_NUM(n, KEY_UINT, d, lo, hi)
+#define KEY_STRING(n, d) { #n, KEY_STR, 0, d, 0, 0, offsetof(Config, n), NULL }
+#define KEY_LIST(n, t, d) { #n, t, 0, d, 0, 0, offsetof(Config, n), NULL }
+#define KEY_FLAG(n, d) { #n, KEY_BOOL, d, NULL, 0, 1, offsetof(Config, n), NULL }
 
 static const Key keys[] = {
-        { "listen", KEY_LISTEN, 0, "{\"0.0.0.0:7\", \"[::]:7\"}", 0, 0, 0 },
-        KEY_UINT(backlog, 1024, 1, 65535),
-        KEY_UINT(max_connections, 512, 1, CONFIG_MAX_CONNECTIONS),
-        KEY_UINT(max_per_source, 64, 0, CONFIG_MAX_CONNECTIONS),
-        KEY_UINT(source_prefix_v4, 32, 0, 32),
-        KEY_UINT(source_prefix_v6, 64, 0, 128),
-        KEY_UINT(idle_timeout, 300, 0, 31 * 24 * 3600),
-        KEY_UINT(shutdown_timeout, 10, 0, 3600),
+        KEY_LIST(listen, KEY_LISTEN, "{\"0.0.0.0:7\", \"[::]:7\"}"),
+        KEY_UNSIGNED(backlog, 1024, 1, 65535),
+        KEY_UNSIGNED(max_connections, 512, 1, CONFIG_MAX_CONNECTIONS),
+        KEY_UNSIGNED(max_per_source, 64, 0, CONFIG_MAX_CONNECTIONS),
+        KEY_UNSIGNED(source_prefix_v4, 32, 0, 32),
+        KEY_UNSIGNED(source_prefix_v6, 64, 0, 128),
+        { "at_capacity", KEY_ENUM, 0, "refuse", 0, 0, offsetof(Config, at_capacity), at_capacity_values },
+        KEY_UNSIGNED(queue_timeout, 10, 1, 3600),
+        KEY_NUM(connection_rate, KEY_FLOAT, 0, 0, 1e6),
+        KEY_UNSIGNED(connection_burst, 0, 0, 1000000),
+        KEY_NUM(per_source_rate, KEY_FLOAT, 0, 0, 1e6),
+        KEY_UNSIGNED(per_source_burst, 0, 0, 1000000),
+        KEY_LIST(allow, KEY_CIDRS, "{}"),
+        KEY_LIST(deny, KEY_CIDRS, "{}"),
+        KEY_UNSIGNED(idle_timeout, 300, 0, 31 * 24 * 3600),
+        KEY_UNSIGNED(stall_timeout, 60, 0, 31 * 24 * 3600),
+        KEY_UNSIGNED(max_session, 0, 0, 31 * 24 * 3600),
+        KEY_NUM(max_bytes, KEY_U64, 0, 0, 9.0e18),
+        KEY_FLAG(proxy_protocol, 0),
+        KEY_LIST(proxy_trusted, KEY_CIDRS, "{\"127.0.0.1/32\", \"::1/128\"}"),
+        KEY_UNSIGNED(proxy_timeout, 3, 1, 600),
+        KEY_UNSIGNED(shutdown_timeout, 10, 0, 3600),
         KEY_STRING(user, "nobody"),
         KEY_STRING(group, ""),
         KEY_STRING(pidfile, "/run/echod.pid"),
-        { "log_connections", KEY_BOOL, 1, NULL, 0, 1, offsetof(Config, log_connections) },
+        KEY_FLAG(log_connections, 1),
 };
 
 /* State of the one parse in progress (libconfuse is not reentrant anyway). */
@@ -105,6 +123,90 @@ static bool endpoints_overlap(const IpAddr *a, bool wa, const IpAddr *b, bool wb
         return false;
 }
 
+/* "ADDRESS:PORT" optionally followed by " proxy". */
+static int parse_listen_entry(const char *s, IpAddr *ret, bool *ret_wildcard, bool *ret_proxy) {
+        char buf[128];
+        const char *sp = strchr(s, ' ');
+        size_t len = sp ? (size_t) (sp - s) : strlen(s);
+
+        if (len >= sizeof(buf))
+                return -EINVAL;
+        memcpy(buf, s, len);
+        buf[len] = 0;
+        *ret_proxy = false;
+        if (sp) {
+                sp += strspn(sp, " ");
+                if (!streq(sp, "proxy"))
+                        return -EINVAL;
+                *ret_proxy = true;
+        }
+        return ipaddr_parse_endpoint(buf, ret, ret_wildcard);
+}
+
+static int validate_listen(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
+        /* called once per element as the list grows: check the newest one */
+        const char *s = cfg_opt_getnstr(opt, n - 1);
+        IpAddr a;
+        bool wildcard, proxy;
+
+        if (n > CONFIG_MAX_LISTEN) {
+                parse_error_at(cfg->line, "listen: more than %d addresses", CONFIG_MAX_LISTEN);
+                return -1;
+        }
+        if (parse_listen_entry(s, &a, &wildcard, &proxy) < 0) {
+                parse_error_at(cfg->line,
+                               "listen: '%s' is not a numeric ADDRESS:PORT, optionally followed by \" proxy\" "
+                               "(e.g. \"0.0.0.0:7\", \"[::]:7\", \"*:7\", \"127.0.0.1:7007 proxy\")",
+                               s);
+                return -1;
+        }
+        for (unsigned i = 0; i + 1 < n; i++) {
+                IpAddr b;
+                bool wb, pb;
+                (void) parse_listen_entry(cfg_opt_getnstr(opt, i), &b, &wb, &pb);
+                if (endpoints_overlap(&a, wildcard, &b, wb)) {
+                        parse_error_at(cfg->line, "listen: '%s' duplicates '%s'", s, cfg_opt_getnstr(opt, i));
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+static int validate_cidr(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
+        const char *s = cfg_opt_getnstr(opt, n - 1);
+        char fixed[IPADDR_STR_MAX];
+        IpAddr a;
+
+        if (n > CONFIG_MAX_CIDRS) {
+                parse_error_at(cfg->line, "%s: more than %d entries", opt->name, CONFIG_MAX_CIDRS);
+                return -1;
+        }
+        switch (ipaddr_parse_prefix(s, &a)) {
+        case 0:
+                break;
+        case -EDOM: /* sshd's rule: a mask with host bits set is an error, not silently widened */
+                parse_error_at(cfg->line, "%s: '%s' has host bits set (did you mean '%s'?)", opt->name, s,
+                               ipaddr_format_prefix(&a, fixed));
+                return -1;
+        case -ERANGE:
+                parse_error_at(cfg->line, "%s: '%s': prefix length too long for the address family", opt->name, s);
+                return -1;
+        default:
+                parse_error_at(cfg->line, "%s: '%s' is not a numeric CIDR (e.g. \"192.0.2.0/24\", \"2001:db8::/32\")",
+                               opt->name, s);
+                return -1;
+        }
+        for (unsigned i = 0; i + 1 < n; i++) {
+                IpAddr b;
+                (void) ipaddr_parse_prefix(cfg_opt_getnstr(opt, i), &b);
+                if (ipaddr_equal(&a, &b)) {
+                        parse_error_at(cfg->line, "%s: '%s' is listed twice", opt->name, s);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
 static int validate_key(cfg_t *cfg, cfg_opt_t *opt) {
         const Key *k = key_find(opt->name);
         unsigned n = cfg_opt_size(opt);
@@ -116,113 +218,39 @@ static int validate_key(cfg_t *cfg, cfg_opt_t *opt) {
                 return 0;
 
         switch (k->type) {
-        case KEY_INT: {
+        case KEY_UINT:
+        case KEY_U64: {
                 long v = cfg_opt_getnint(opt, 0);
-                if (v < k->min || v > k->max) {
-                        parse_error_at(cfg->line, "%s: value %ld out of range %ld..%ld", k->name, v, k->min,
+                if (v < (long) k->min || (double) v > k->max) {
+                        parse_error_at(cfg->line, "%s: value %ld out of range %.0f..%.0f", k->name, v, k->min,
                                        k->max);
                         return -1;
                 }
                 return 0;
         }
-        case KEY_LISTEN: {
-                /* called once per element as the list grows: check the newest one */
-                const char *s = cfg_opt_getnstr(opt, n - 1);
-                IpAddr a;
-                bool wildcard;
-                int r = ipaddr_parse_endpoint(s, &a, &wildcard);
-                if (r < 0) {
-                        parse_error_at(cfg->line,
-                                       "listen: '%s' is not a numeric ADDRESS:PORT "
-                                       "(e.g. \"0.0.0.0:7\", \"[::]:7\", \"*:7\")",
-                                       s);
+        case KEY_FLOAT: {
+                double v = cfg_opt_getnfloat(opt, 0);
+                if (!(v >= k->min && v <= k->max)) {
+                        parse_error_at(cfg->line, "%s: value %g out of range %g..%g", k->name, v, k->min, k->max);
                         return -1;
-                }
-                for (unsigned i = 0; i + 1 < n; i++) {
-                        IpAddr b;
-                        bool wb;
-                        (void) ipaddr_parse_endpoint(cfg_opt_getnstr(opt, i), &b, &wb);
-                        if (endpoints_overlap(&a, wildcard, &b, wb)) {
-                                parse_error_at(cfg->line, "listen: '%s' duplicates '%s'", s,
-                                               cfg_opt_getnstr(opt, i));
-                                return -1;
-                        }
                 }
                 return 0;
         }
+        case KEY_ENUM: {
+                const char *v = cfg_opt_getnstr(opt, 0);
+                for (unsigned i = 0; k->values[i]; i++)
+                        if (streq(v, k->values[i]))
+                                return 0;
+                parse_error_at(cfg->line, "%s: '%s' is not one of: %s | %s", k->name, v, k->values[0], k->values[1]);
+                return -1;
+        }
+        case KEY_LISTEN:
+                return validate_listen(cfg, opt, n);
+        case KEY_CIDRS:
+                return validate_cidr(cfg, opt, n);
         default:
                 return 0;
         }
-}
-
-/* Replace comments ('#', '//', C comments) outside quoted strings with spaces, keeping newlines. */
-static void strip_comments(char *s) {
-        char quote = 0;
-        char prev = '\n';
-
-        for (char *p = s; *p; p++) {
-                if (quote) {
-                        if (*p == '\\' && p[1] && quote == '"')
-                                p++;
-                        else if (*p == quote)
-                                quote = 0;
-                        prev = *p;
-                        continue;
-                }
-                bool token_start = strchr(" \t\r\n{},=(", prev) != NULL;
-                if (*p == '"' || *p == '\'') {
-                        quote = *p;
-                } else if (*p == '#' || (token_start && p[0] == '/' && p[1] == '/')) {
-                        for (; *p && *p != '\n'; p++)
-                                *p = ' ';
-                        if (!*p)
-                                break;
-                } else if (token_start && p[0] == '/' && p[1] == '*') {
-                        char *end = strstr(p + 2, "*/");
-                        char *stop = end ? end + 2 : p + strlen(p);
-                        for (; p < stop; p++)
-                                if (*p != '\n')
-                                        *p = ' ';
-                        p--;
-                }
-                prev = *p;
-        }
-}
-
-static int read_file(const char *path, char **ret) {
-        _cleanup_(freep) char *buf = NULL;
-        size_t len = 0, cap = 0;
-        FILE *f = fopen(path, "re");
-
-        if (!f)
-                return negative_errno();
-        for (;;) {
-                if (cap - len < 4096) {
-                        if (cap > (1u << 20)) {
-                                fclose(f);
-                                return -EFBIG;
-                        }
-                        char *n = realloc(buf, cap = cap * 2 + 4096);
-                        if (!n) {
-                                fclose(f);
-                                return -ENOMEM;
-                        }
-                        buf = n;
-                }
-                size_t got = fread(buf + len, 1, cap - len - 1, f);
-                len += got;
-                if (got == 0)
-                        break;
-        }
-        int err = ferror(f);
-        fclose(f);
-        if (err)
-                return -EIO;
-        buf[len] = 0;
-        if (memchr(buf, 0, len))
-                return -EBADMSG;
-        *ret = TAKE_PTR(buf);
-        return 0;
 }
 
 Config *config_free(Config *c) {
@@ -231,12 +259,28 @@ Config *config_free(Config *c) {
         for (unsigned i = 0; i < c->n_listen; i++)
                 free(c->listen[i].text);
         free(c->listen);
+        free(c->allow.items);
+        free(c->deny.items);
+        free(c->proxy_trusted.items);
         free(c->user);
         free(c->group);
         free(c->pidfile);
         free(c->path);
         free(c);
         return NULL;
+}
+
+static int cidrs_from_cfg(cfg_t *cfg, const char *name, CidrList *ret) {
+        unsigned n = cfg_size(cfg, name);
+
+        ret->items = calloc(n ? n : 1, sizeof(IpAddr));
+        if (!ret->items)
+                return -ENOMEM;
+        for (unsigned j = 0; j < n; j++)
+                if (ipaddr_parse_prefix(cfg_getnstr(cfg, name, j), &ret->items[j]) < 0)
+                        return -EINVAL; /* validated already */
+        ret->n = n;
+        return 0;
 }
 
 static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
@@ -249,16 +293,35 @@ static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
                 void *field = (char *) c + k->offset;
 
                 switch (k->type) {
-                case KEY_INT:
+                case KEY_UINT:
                         *(unsigned *) field = (unsigned) cfg_getint(cfg, k->name);
+                        break;
+                case KEY_U64:
+                        *(uint64_t *) field = (uint64_t) cfg_getint(cfg, k->name);
+                        break;
+                case KEY_FLOAT:
+                        *(double *) field = cfg_getfloat(cfg, k->name);
                         break;
                 case KEY_BOOL:
                         *(bool *) field = cfg_getbool(cfg, k->name);
                         break;
+                case KEY_ENUM: {
+                        const char *v = cfg_getstr(cfg, k->name);
+                        for (int j = 0; k->values[j]; j++)
+                                if (streq(v, k->values[j]))
+                                        *(int *) field = j;
+                        break;
+                }
                 case KEY_STR: {
                         const char *v = cfg_getstr(cfg, k->name);
                         if (!(*(char **) field = strdup(v ? v : "")))
                                 return -ENOMEM;
+                        break;
+                }
+                case KEY_CIDRS: {
+                        int r = cidrs_from_cfg(cfg, k->name, field);
+                        if (r < 0)
+                                return r;
                         break;
                 }
                 case KEY_LISTEN: {
@@ -271,7 +334,7 @@ static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
                                 if (!(e->text = strdup(cfg_getnstr(cfg, k->name, j))))
                                         return -ENOMEM;
                                 c->n_listen++;
-                                if (ipaddr_parse_endpoint(e->text, &e->addr, &e->wildcard) < 0)
+                                if (parse_listen_entry(e->text, &e->addr, &e->wildcard, &e->proxy) < 0)
                                         return -EINVAL; /* validated already */
                         }
                         break;
@@ -282,27 +345,11 @@ static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
         return 0;
 }
 
-/* The line of the last "name =" in the file, for keys libconfuse never validated (empty lists). */
-static int find_assignment(const char *name) {
-        size_t len = strlen(name);
-        int line = 1, found = 0;
-
-        for (const char *p = parse.text; p && *p; line++) {
-                const char *q = p + strspn(p, " \t");
-                if (strncmp(q, name, len) == 0 && strchr(" \t=", q[len]))
-                        found = line;
-                p = strchr(p, '\n');
-                if (p)
-                        p++;
-        }
-        return found;
-}
-
 static int key_line(const char *name) {
         const Key *k = key_find(name);
         if (!k)
                 return 0;
-        return parse.key_line[k - keys] > 0 ? parse.key_line[k - keys] : find_assignment(name);
+        return parse.key_line[k - keys] > 0 ? parse.key_line[k - keys] : config_text_find_assignment(parse.text, name);
 }
 
 /* Checks that involve more than one key. */
@@ -319,6 +366,30 @@ static int config_check(const Config *c) {
         }
         if (c->group[0] && !c->user[0]) {
                 parse_error_at(key_line("group"), "group: set only together with user");
+                return -EINVAL;
+        }
+        for (unsigned i = 0; i < c->deny.n; i++)
+                for (unsigned j = 0; j < c->allow.n; j++)
+                        if (ipaddr_equal(&c->deny.items[i], &c->allow.items[j])) {
+                                char p[IPADDR_STR_MAX];
+                                parse_error_at(key_line("deny"), "deny: '%s' is also in allow",
+                                               ipaddr_format_prefix(&c->deny.items[i], p));
+                                return -EINVAL;
+                        }
+        if (c->connection_burst > 0 && c->connection_rate == 0) {
+                parse_error_at(key_line("connection_burst"), "connection_burst is set but connection_rate is 0");
+                return -EINVAL;
+        }
+        if (c->per_source_burst > 0 && c->per_source_rate == 0) {
+                parse_error_at(key_line("per_source_burst"), "per_source_burst is set but per_source_rate is 0");
+                return -EINVAL;
+        }
+        bool any_proxy = c->proxy_protocol;
+        for (unsigned i = 0; i < c->n_listen; i++)
+                any_proxy = any_proxy || c->listen[i].proxy;
+        if (any_proxy && c->proxy_trusted.n == 0) {
+                parse_error_at(key_line("proxy_trusted"),
+                               "proxy_trusted is empty but a listener requires PROXY headers: nobody could connect");
                 return -EINVAL;
         }
         if (c->pidfile[0] && c->pidfile[0] != '/') {
@@ -339,27 +410,33 @@ int config_load(const char *path, Config **ret, char **ret_error) {
         parse.error = NULL;
         memset(parse.key_line, 0, sizeof(parse.key_line));
 
-        r = read_file(path, &buf);
+        r = config_text_read(path, &buf);
         if (r < 0) {
                 parse_error_at(0, "cannot read: %s", strerror(-r));
                 goto fail;
         }
-        strip_comments(buf);
+        config_text_strip_comments(buf);
         parse.text = buf;
 
         for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
                 const Key *k = &keys[i];
                 switch (k->type) {
-                case KEY_INT:
+                case KEY_UINT:
+                case KEY_U64:
                         opts[i] = (cfg_opt_t) CFG_INT(k->name, k->def_int, CFGF_NONE);
+                        break;
+                case KEY_FLOAT:
+                        opts[i] = (cfg_opt_t) CFG_FLOAT(k->name, (double) k->def_int, CFGF_NONE);
                         break;
                 case KEY_BOOL:
                         opts[i] = (cfg_opt_t) CFG_BOOL(k->name, k->def_int ? cfg_true : cfg_false, CFGF_NONE);
                         break;
                 case KEY_STR:
+                case KEY_ENUM:
                         opts[i] = (cfg_opt_t) CFG_STR(k->name, (char *) k->def_str, CFGF_NONE);
                         break;
                 case KEY_LISTEN:
+                case KEY_CIDRS:
                         opts[i] = (cfg_opt_t) CFG_STR_LIST(k->name, (char *) k->def_str, CFGF_NONE);
                         break;
                 }
@@ -424,11 +501,20 @@ void config_dump(const Config *c, FILE *f) {
 
                 fprintf(f, "%s = ", k->name);
                 switch (k->type) {
-                case KEY_INT:
+                case KEY_UINT:
                         fprintf(f, "%u", *(const unsigned *) field);
+                        break;
+                case KEY_U64:
+                        fprintf(f, "%llu", (unsigned long long) *(const uint64_t *) field);
+                        break;
+                case KEY_FLOAT:
+                        fprintf(f, "%.15g", *(const double *) field);
                         break;
                 case KEY_BOOL:
                         fputs(*(const bool *) field ? "true" : "false", f);
+                        break;
+                case KEY_ENUM:
+                        dump_string(f, k->values[*(const int *) field]);
                         break;
                 case KEY_STR:
                         dump_string(f, *(char *const *) field);
@@ -442,19 +528,39 @@ void config_dump(const Config *c, FILE *f) {
                         }
                         fputc('}', f);
                         break;
+                case KEY_CIDRS: {
+                        const CidrList *l = field;
+                        fputc('{', f);
+                        for (unsigned j = 0; j < l->n; j++) {
+                                char p[IPADDR_STR_MAX];
+                                fputs(j ? ", " : "", f);
+                                dump_string(f, ipaddr_format_prefix(&l->items[j], p));
+                        }
+                        fputc('}', f);
+                        break;
+                }
                 }
                 fputc('\n', f);
         }
 }
 
-unsigned config_listen_addresses(const Config *c, IpAddr *out, unsigned max) {
+unsigned config_listen_addresses(const Config *c, ListenAddr *out, unsigned max) {
         unsigned n = 0;
 
         for (unsigned i = 0; i < c->n_listen; i++) {
                 IpAddr e[2];
                 unsigned ne = endpoint_expand(&c->listen[i].addr, c->listen[i].wildcard, e);
                 for (unsigned j = 0; j < ne && n < max; j++)
-                        out[n++] = e[j];
+                        out[n++] = (ListenAddr) { .addr = e[j], .proxy = c->proxy_protocol || c->listen[i].proxy };
         }
         return n;
+}
+
+unsigned config_burst(double rate, unsigned burst) {
+        if (burst > 0)
+                return burst;
+        unsigned r = (unsigned) rate;
+        if ((double) r < rate)
+                r++;
+        return r > 0 ? r : 1;
 }

@@ -2,17 +2,37 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "shared/ipaddr.h"
 
 #define CONFIG_MAX_CONNECTIONS 65536
+#define CONFIG_MAX_LISTEN 32
+#define CONFIG_MAX_CIDRS 4096
 
 typedef struct ListenEntry {
-        char *text;    /* as written: "0.0.0.0:7", "[::]:7", "*:7" */
+        char *text;    /* as written: "0.0.0.0:7", "[::]:7", "*:7", "127.0.0.1:7 proxy" */
         IpAddr addr;   /* for "*", 0.0.0.0 */
         bool wildcard; /* "*:PORT": expands to 0.0.0.0 and [::] */
+        bool proxy;    /* " proxy" suffix: this listener requires a PROXY protocol header */
 } ListenEntry;
+
+/* One concrete address to listen on, after "*" expansion. */
+typedef struct ListenAddr {
+        IpAddr addr;
+        bool proxy;
+} ListenAddr;
+
+typedef enum AtCapacity {
+        AT_CAPACITY_REFUSE,
+        AT_CAPACITY_QUEUE,
+} AtCapacity;
+
+typedef struct CidrList {
+        IpAddr *items;
+        unsigned n;
+} CidrList;
 
 typedef struct Config {
         char *path;
@@ -23,11 +43,25 @@ typedef struct Config {
         unsigned max_per_source;
         unsigned source_prefix_v4;
         unsigned source_prefix_v6;
-        unsigned idle_timeout;     /* seconds, 0 = none */
-        unsigned shutdown_timeout; /* seconds */
-        char *user;                /* "" = keep the current user */
-        char *group;               /* "" = the user's primary group */
-        char *pidfile;             /* "" = none; used only when daemonising */
+        AtCapacity at_capacity;
+        unsigned queue_timeout;      /* seconds */
+        double connection_rate;      /* new connections per second, service-wide; 0 = no limit */
+        unsigned connection_burst;   /* 0 = max(1, ceil(rate)) */
+        double per_source_rate;      /* per source group; 0 = no limit */
+        unsigned per_source_burst;   /* 0 = max(1, ceil(rate)) */
+        CidrList allow;              /* empty = all not denied */
+        CidrList deny;
+        unsigned idle_timeout;       /* seconds, 0 = none */
+        unsigned stall_timeout;      /* seconds, 0 = none */
+        unsigned max_session;        /* seconds, 0 = none */
+        uint64_t max_bytes;          /* echoed bytes per connection, 0 = no limit */
+        bool proxy_protocol;         /* every listener requires a PROXY header */
+        CidrList proxy_trusted;
+        unsigned proxy_timeout;      /* seconds */
+        unsigned shutdown_timeout;   /* seconds */
+        char *user;                  /* "" = keep the current user */
+        char *group;                 /* "" = the user's primary group */
+        char *pidfile;               /* "" = none; used only when daemonising */
         bool log_connections;
 } Config;
 
@@ -43,5 +77,9 @@ static inline void config_freep(Config **c) {
 /* Print the effective configuration, defaults included, in a syntax config_load() accepts. */
 void config_dump(const Config *c, FILE *f);
 
-/* Listen addresses after "*" expansion: fills out (up to max), returns the count. */
-unsigned config_listen_addresses(const Config *c, IpAddr *out, unsigned max);
+/* Listen addresses after "*" expansion, with the PROXY requirement resolved (the global
+ * proxy_protocol or the entry's suffix): fills out (up to max), returns the count. */
+unsigned config_listen_addresses(const Config *c, ListenAddr *out, unsigned max);
+
+/* Effective bursts: the configured one, or max(1, ceil(rate)). */
+unsigned config_burst(double rate, unsigned burst);

@@ -109,7 +109,7 @@ int listeners_adopt(Listener ***ret, unsigned *ret_rejected) {
         return (int) n_ok;
 }
 
-int listeners_update(Listener **old, unsigned n_old, const IpAddr *addrs, unsigned n, unsigned backlog,
+int listeners_update(Listener **old, unsigned n_old, const ListenAddr *addrs, unsigned n, unsigned backlog,
                      Listener ***ret, IpAddr *ret_failed) {
         Listener **list = calloc(n ? n : 1, sizeof(Listener *));
         int *moved_from = calloc(n ? n : 1, sizeof(int));
@@ -123,19 +123,20 @@ int listeners_update(Listener **old, unsigned n_old, const IpAddr *addrs, unsign
         for (unsigned i = 0; i < n; i++) {
                 moved_from[i] = -1;
                 for (unsigned j = 0; j < n_old; j++)
-                        if (old[j] && !old[j]->activated && ipaddr_equal(&old[j]->configured, &addrs[i])) {
+                        if (old[j] && !old[j]->activated && ipaddr_equal(&old[j]->configured, &addrs[i].addr)) {
                                 list[i] = old[j];
                                 moved_from[i] = (int) j;
                                 old[j] = NULL;
                                 break;
                         }
-                if (list[i])
-                        continue;
-                r = listener_bind(&addrs[i], backlog, &list[i]);
-                if (r < 0) {
-                        *ret_failed = addrs[i];
-                        break;
+                if (!list[i]) {
+                        r = listener_bind(&addrs[i].addr, backlog, &list[i]);
+                        if (r < 0) {
+                                *ret_failed = addrs[i].addr;
+                                break;
+                        }
                 }
+                list[i]->proxy = addrs[i].proxy;
         }
         if (r < 0) {
                 /* roll back: moved ones go home, fresh ones close */

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <systemd/sd-event.h>
 
+#include "echod/config.h"
 #include "shared/ipaddr.h"
 
 typedef struct Listener {
@@ -11,6 +12,7 @@ typedef struct Listener {
         IpAddr bound;      /* what the kernel gave us */
         int fd;
         bool activated; /* passed in by systemd (LISTEN_FDS) */
+        bool proxy;     /* connections must start with a PROXY protocol header */
         sd_event_source *source;
 } Listener;
 
@@ -28,5 +30,5 @@ int listeners_adopt(Listener ***ret, unsigned *ret_rejected);
  * moved over (and get the new backlog), the rest are bound fresh. On failure nothing changes:
  * fresh sockets are closed, *old is untouched, and *ret_failed names the address that failed.
  * On success *old holds only what is to be closed (moved entries become NULL). */
-int listeners_update(Listener **old, unsigned n_old, const IpAddr *addrs, unsigned n, unsigned backlog,
+int listeners_update(Listener **old, unsigned n_old, const ListenAddr *addrs, unsigned n, unsigned backlog,
                      Listener ***ret, IpAddr *ret_failed);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <systemd/sd-journal.h>
 
 #include "shared/io.h"
@@ -96,13 +97,25 @@ out:
         return -error;
 }
 
+const char *log_format_peer(const IpAddr *peer, const IpAddr *via, bool proxied, char buf[2 * IPADDR_STR_MAX + 8]) {
+        char p[IPADDR_STR_MAX], v[IPADDR_STR_MAX];
+
+        ipaddr_format_endpoint(peer, p);
+        if (!proxied)
+                snprintf(buf, 2 * IPADDR_STR_MAX + 8, "%s", p);
+        else
+                snprintf(buf, 2 * IPADDR_STR_MAX + 8, "%s via %s", p, ipaddr_format_endpoint(via, v));
+        return buf;
+}
+
 void log_connection(const ConnectionRecord *rec) {
-        char peer[IPADDR_STR_MAX], host[IPADDR_STR_MAX], local[IPADDR_STR_MAX], msg[512];
+        char peer[2 * IPADDR_STR_MAX + 8], host[IPADDR_STR_MAX], local[IPADDR_STR_MAX], via[IPADDR_STR_MAX];
+        char msg[512];
         int level = rec->failure ? LOG_WARNING : LOG_INFO;
 
         if (level > max_level)
                 return;
-        ipaddr_format_endpoint(&rec->peer, peer);
+        log_format_peer(&rec->peer, &rec->via, rec->proxied, peer);
         ipaddr_format_endpoint(&rec->local, local);
         snprintf(msg, sizeof(msg),
                  "connection %s closed: %s, %llu bytes in, %llu bytes out, %llu.%03llu s, pid %d", peer,
@@ -114,10 +127,29 @@ void log_connection(const ConnectionRecord *rec) {
                 log_emit(level, NULL, msg);
                 return;
         }
-        sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%i", level, "MESSAGE_ID=%s", MESSAGE_ID_CONNECTION,
-                        "SYSLOG_IDENTIFIER=echod", "REMOTE_ADDR=%s", ipaddr_format_host(&rec->peer, host),
-                        "REMOTE_PORT=%u", rec->peer.port, "LOCAL_ADDR=%s", local, "CHILD_PID=%d",
-                        (int) rec->pid, "BYTES_IN=%llu", (unsigned long long) rec->bytes_in, "BYTES_OUT=%llu",
-                        (unsigned long long) rec->bytes_out, "DURATION_USEC=%llu",
-                        (unsigned long long) rec->duration_usec, "EXIT_REASON=%s", rec->reason, NULL);
+
+        char f[12][IPADDR_STR_MAX + 48], message[sizeof(msg) + 8];
+        struct iovec iov[ELEMENTSOF(f) + 1];
+        unsigned n = 0;
+#define FIELD(...) snprintf(f[n], sizeof(f[n]), __VA_ARGS__), n++
+        FIELD("PRIORITY=%i", level);
+        FIELD("MESSAGE_ID=%s", MESSAGE_ID_CONNECTION);
+        FIELD("SYSLOG_IDENTIFIER=echod");
+        FIELD("REMOTE_ADDR=%s", ipaddr_format_host(&rec->peer, host));
+        FIELD("REMOTE_PORT=%u", rec->peer.port);
+        FIELD("LOCAL_ADDR=%s", local);
+        FIELD("CHILD_PID=%d", (int) rec->pid);
+        FIELD("BYTES_IN=%llu", (unsigned long long) rec->bytes_in);
+        FIELD("BYTES_OUT=%llu", (unsigned long long) rec->bytes_out);
+        FIELD("DURATION_USEC=%llu", (unsigned long long) rec->duration_usec);
+        FIELD("EXIT_REASON=%s", rec->reason);
+        if (rec->proxied)
+                FIELD("VIA_ADDR=%s", ipaddr_format_endpoint(&rec->via, via));
+#undef FIELD
+        /* MESSAGE has its own buffer: it may be longer than a field's */
+        snprintf(message, sizeof(message), "MESSAGE=%s", msg);
+        iov[0] = (struct iovec) { .iov_base = message, .iov_len = strlen(message) };
+        for (unsigned i = 0; i < n; i++)
+                iov[i + 1] = (struct iovec) { .iov_base = f[i], .iov_len = strlen(f[i]) };
+        sd_journal_sendv(iov, (int) n + 1);
 }

@@ -46,6 +46,8 @@ _printf_(4, 5) int log_full(int level, int error, const char *message_id, const 
 
 typedef struct ConnectionRecord {
         IpAddr peer;
+        IpAddr via;   /* the PROXY protocol sender, if proxied */
+        bool proxied;
         IpAddr local;
         pid_t pid;
         uint64_t duration_usec;
@@ -54,6 +56,9 @@ typedef struct ConnectionRecord {
         const char *reason; /* "clean", "idle-timeout", "killed-by-SIGKILL", ... */
         bool failure;       /* logged at warning level */
 } ConnectionRecord;
+
+/* "203.0.113.7:5555" or "203.0.113.7:5555 via 127.0.0.1:40000": how peers are named in logs. */
+const char *log_format_peer(const IpAddr *peer, const IpAddr *via, bool proxied, char buf[2 * IPADDR_STR_MAX + 8]);
 
 /* The per-connection record: one line (or journal entry with fields) when a connection ends. */
 void log_connection(const ConnectionRecord *rec);

@@ -81,26 +81,17 @@ static int parse_argv(int argc, char *argv[]) {
         return 0;
 }
 
-/* Bind every configured address; on failure close what was bound. Logs once. */
+/* Bind every configured address; on failure nothing stays bound. Logs once. */
 static int bind_listeners(const Config *c, Listener ***ret, unsigned *ret_n) {
-        IpAddr addrs[64];
+        ListenAddr addrs[2 * CONFIG_MAX_LISTEN];
         unsigned n = config_listen_addresses(c, addrs, ELEMENTSOF(addrs));
-        Listener **list = calloc(n, sizeof(Listener *));
+        IpAddr failed = { 0 };
         char a[IPADDR_STR_MAX];
+        int r;
 
-        if (!list)
-                return log_error_errno(ENOMEM, "Out of memory");
-        for (unsigned i = 0; i < n; i++) {
-                int r = listener_bind(&addrs[i], c->backlog, &list[i]);
-                if (r < 0) {
-                        for (unsigned j = 0; j < i; j++)
-                                listener_free(list[j]);
-                        free(list);
-                        return log_error_errno(r, "Failed to listen on %s",
-                                               ipaddr_format_endpoint(&addrs[i], a));
-                }
-        }
-        *ret = list;
+        r = listeners_update(NULL, 0, addrs, n, c->backlog, ret, &failed);
+        if (r < 0)
+                return log_error_errno(r, "Failed to listen on %s", ipaddr_format_endpoint(&failed, a));
         *ret_n = n;
         return 0;
 }
@@ -183,6 +174,8 @@ int main(int argc, char *argv[], char *envp[]) {
         activated = r > 0;
         if (activated) {
                 n_listeners = (unsigned) r;
+                for (unsigned i = 0; i < n_listeners; i++)
+                        listeners[i]->proxy = config->proxy_protocol;
                 log_info("socket-activated: using %u listener(s) passed by systemd, ignoring 'listen'",
                          n_listeners);
         } else if (bind_listeners(config, &listeners, &n_listeners) < 0)

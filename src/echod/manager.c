@@ -1,8 +1,8 @@
-/* The master: sd-event loop that accepts, admits, forks, reaps, reloads and drains.
+/* The master: sd-event loop, signals, reaping, reload, stop, and STATUS=.
  *
  * Signals are blocked and handled as sd-event sources (signalfd), never in handlers. Children are
- * reaped from one SIGCHLD source with a waitpid(-1, WNOHANG) loop. Admission happens before
- * fork, so a refused connection costs an accept and a close, never a process. */
+ * reaped from one SIGCHLD source with a waitpid(-1, WNOHANG) loop. What happens between accept()
+ * and fork() is in accept.c. */
 #include "echod/manager.h"
 
 #include <errno.h>
@@ -10,63 +10,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <systemd/sd-event.h>
 #include <unistd.h>
 
 #include "build-config.h"
-#include "echod/admit.h"
-#include "echod/children.h"
 #include "echod/log.h"
+#include "echod/manager-internal.h"
 #include "echod/notify.h"
 #include "echod/worker.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
-#define ACCEPT_BATCH 64
-#define ACCEPT_BACKOFF_USEC (100 * USEC_PER_MSEC)
-#define REFUSAL_WINDOW_USEC (10 * USEC_PER_SEC)
 #define STATUS_INTERVAL_USEC USEC_PER_SEC
-#define MAX_LISTENERS 64
-
-typedef struct Counters {
-        uint64_t accepted;
-        uint64_t refused[_REFUSE_MAX];
-        uint64_t crashed; /* children that died from a signal or failed setup */
-        uint64_t bytes_in, bytes_out;
-        unsigned peak;
-} Counters;
-
-struct Manager {
-        sd_event *event;
-        Config *config;
-        Listener **listeners;
-        unsigned n_listeners;
-        bool activated;
-        ChildTable *children;
-        SourceTable *sources;
-        Counters counters;
-        RefusalWindow refusal_windows[_REFUSE_MAX];
-        sd_event_source *refusal_timer;
-        sd_event_source *backoff_timer;
-        sd_event_source *status_timer;
-        sd_event_source *shutdown_timer;
-        bool stopping;
-        char last_status[512];
-};
-
-static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata);
-static unsigned reap_children(Manager *m);
-
-static AdmitLimits manager_limits(const Manager *m) {
-        return (AdmitLimits) {
-                .max_connections = m->config->max_connections,
-                .max_per_source = m->config->max_per_source,
-                .prefix_v4 = m->config->source_prefix_v4,
-                .prefix_v6 = m->config->source_prefix_v6,
-        };
-}
+#define MAX_LISTENERS (2 * CONFIG_MAX_LISTEN)
 
 static uint64_t refused_total(const Counters *c) {
         uint64_t n = 0;
@@ -78,12 +35,15 @@ static uint64_t refused_total(const Counters *c) {
 static void format_status(Manager *m, char *buf, size_t size) {
         const Counters *c = &m->counters;
         int n = snprintf(buf, size,
-                         "%u active (peak %u), %llu accepted, %llu refused (capacity %llu, per-source %llu, "
-                         "fork %llu), %llu crashed; listening on",
-                         child_table_active(m->children), c->peak, (unsigned long long) c->accepted,
-                         (unsigned long long) refused_total(c),
-                         (unsigned long long) c->refused[REFUSE_CAPACITY],
+                         "%u active (peak %u), %u queued, %llu accepted, %llu refused (capacity %llu, "
+                         "per-source %llu, rate %llu, per-source-rate %llu, acl %llu, proxy %llu, fork %llu), "
+                         "%llu crashed; listening on",
+                         child_table_active(m->children), c->peak, m->queue.n, (unsigned long long) c->accepted,
+                         (unsigned long long) refused_total(c), (unsigned long long) c->refused[REFUSE_CAPACITY],
                          (unsigned long long) c->refused[REFUSE_PER_SOURCE],
+                         (unsigned long long) c->refused[REFUSE_RATE],
+                         (unsigned long long) c->refused[REFUSE_PER_SOURCE_RATE],
+                         (unsigned long long) c->refused[REFUSE_ACL], (unsigned long long) c->refused[REFUSE_PROXY],
                          (unsigned long long) c->refused[REFUSE_FORK], (unsigned long long) c->crashed);
         for (unsigned i = 0; i < m->n_listeners && n > 0 && (size_t) n < size; i++) {
                 char a[IPADDR_STR_MAX];
@@ -112,7 +72,9 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         return sd_event_source_set_time(s, usec + STATUS_INTERVAL_USEC);
 }
 
-static void listeners_enable(Manager *m, bool on) {
+void manager_update_listeners(Manager *m) {
+        bool on = !m->stopping && !m->backoff_timer && !m->queue_full;
+
         for (unsigned i = 0; i < m->n_listeners; i++)
                 (void) sd_event_source_set_enabled(m->listeners[i]->source, on ? SD_EVENT_ON : SD_EVENT_OFF);
 }
@@ -125,194 +87,19 @@ static int attach_listeners(Manager *m) {
                 int r = sd_event_add_io(m->event, &l->source, l->fd, EPOLLIN, on_accept, m);
                 if (r < 0)
                         return r;
-                /* after EMFILE backoff the listeners are off until the timer re-enables them */
-                if (m->backoff_timer)
-                        (void) sd_event_source_set_enabled(l->source, SD_EVENT_OFF);
         }
+        manager_update_listeners(m); /* new ones may have to start paused */
         return 0;
 }
 
 static void log_listeners(Manager *m) {
         for (unsigned i = 0; i < m->n_listeners; i++) {
                 char a[IPADDR_STR_MAX];
-                log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on %s%s",
+                log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on %s%s%s",
                          ipaddr_format_endpoint(&m->listeners[i]->bound, a),
-                         m->listeners[i]->activated ? " (socket-activated)" : "");
+                         m->listeners[i]->activated ? " (socket-activated)" : "",
+                         m->listeners[i]->proxy ? " (PROXY protocol)" : "");
         }
-}
-
-/* --- refusals ------------------------------------------------------------------------------ */
-
-static int on_refusal_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-        uint64_t now = now_usec();
-        bool open = false;
-
-        for (int i = 1; i < _REFUSE_MAX; i++) {
-                RefusalSummary sum;
-                char src[IPADDR_STR_MAX];
-                if (refusal_window_flush(&m->refusal_windows[i], (Refusal) i, now, REFUSAL_WINDOW_USEC, &sum))
-                        log_full(LOG_WARNING, 0, MESSAGE_ID_REFUSED,
-                                 "refused %llu more connections in %llu s: %s (most from %s: %llu)",
-                                 (unsigned long long) sum.count,
-                                 (unsigned long long) (sum.window_usec / USEC_PER_SEC), refusal_name(sum.reason),
-                                 ipaddr_format_prefix(&sum.top_source, src), (unsigned long long) sum.top_count);
-                open = open || m->refusal_windows[i].start_usec != 0;
-        }
-        if (!open)
-                return 0; /* a oneshot: it stays off until the next refusal */
-        (void) sd_event_source_set_time(s, usec + REFUSAL_WINDOW_USEC);
-        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
-}
-
-static void note_refusal(Manager *m, Refusal reason, const IpAddr *peer, const IpAddr *source, int error) {
-        char p[IPADDR_STR_MAX];
-
-        m->counters.refused[reason]++;
-        if (!refusal_window_note(&m->refusal_windows[reason], source, now_usec()))
-                return;
-        switch (reason) {
-        case REFUSE_CAPACITY:
-                log_full(LOG_WARNING, 0, MESSAGE_ID_REFUSED,
-                         "refused connection from %s: capacity (max_connections=%u reached)",
-                         ipaddr_format_endpoint(peer, p), m->config->max_connections);
-                break;
-        case REFUSE_PER_SOURCE: {
-                char s[IPADDR_STR_MAX];
-                log_full(LOG_WARNING, 0, MESSAGE_ID_REFUSED,
-                         "refused connection from %s: per-source (max_per_source=%u reached for %s)",
-                         ipaddr_format_endpoint(peer, p), m->config->max_per_source,
-                         ipaddr_format_prefix(source, s));
-                break;
-        }
-        default:
-                log_full(LOG_ERR, error, MESSAGE_ID_REFUSED, "refused connection from %s: %s",
-                         ipaddr_format_endpoint(peer, p), refusal_name(reason));
-                break;
-        }
-        if (!m->refusal_timer)
-                (void) sd_event_add_time_relative(m->event, &m->refusal_timer, CLOCK_MONOTONIC,
-                                                  REFUSAL_WINDOW_USEC, USEC_PER_SEC / 10, on_refusal_timer, m);
-        else if (sd_event_source_get_enabled(m->refusal_timer, NULL) == 0) {
-                (void) sd_event_source_set_time_relative(m->refusal_timer, REFUSAL_WINDOW_USEC);
-                (void) sd_event_source_set_enabled(m->refusal_timer, SD_EVENT_ONESHOT);
-        }
-}
-
-/* --- accept, admit, fork ------------------------------------------------------------------- */
-
-static int on_backoff_over(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-
-        m->backoff_timer = sd_event_source_unref(m->backoff_timer);
-        if (!m->stopping)
-                listeners_enable(m, true);
-        return 0;
-}
-
-/* Out of fds or memory: stop accepting for a moment instead of spinning on a ready listener. */
-static void accept_backoff(Manager *m, int error) {
-        if (m->backoff_timer)
-                return;
-        log_warning_errno(error, "accept() failed, pausing new connections for %llu ms",
-                          (unsigned long long) (ACCEPT_BACKOFF_USEC / USEC_PER_MSEC));
-        listeners_enable(m, false);
-        (void) sd_event_add_time_relative(m->event, &m->backoff_timer, CLOCK_MONOTONIC, ACCEPT_BACKOFF_USEC,
-                                          0, on_backoff_over, m);
-}
-
-static void handle_connection(Manager *m, Listener *l, int fd, const SockAddr *sa, socklen_t len) {
-        _cleanup_(closep) int cfd = fd;
-        AdmitLimits limits = manager_limits(m);
-        IpAddr peer, source;
-        Refusal verdict;
-        int slot, r;
-        pid_t pid;
-
-        if (ipaddr_from_sockaddr(&sa->sa, len, &peer) < 0)
-                return;
-        admit_source_key(&peer, &limits, &source);
-        verdict = admit_connection(m->sources, &limits, child_table_active(m->children), &source);
-        /* Children that finished but whose SIGCHLD is not processed yet would still count: a
-         * client reconnecting at once would be refused for connections it already closed.
-         * Only on this (rare) path: reap now and decide again. */
-        if (verdict != ADMIT_OK && reap_children(m) > 0)
-                verdict = admit_connection(m->sources, &limits, child_table_active(m->children), &source);
-        if (verdict != ADMIT_OK) {
-                note_refusal(m, verdict, &peer, &source, 0);
-                return;
-        }
-        slot = child_table_reserve(m->children);
-        if (slot < 0) {
-                note_refusal(m, REFUSE_CAPACITY, &peer, &source, 0);
-                return;
-        }
-
-        WorkerParams params = { .idle_timeout = m->config->idle_timeout };
-        pid = fork();
-        if (pid < 0) {
-                r = negative_errno();
-                child_table_abort(m->children, slot);
-                note_refusal(m, REFUSE_FORK, &peer, &source, r);
-                return;
-        }
-        if (pid == 0)
-                worker_main(TAKE_FD(cfd), child_table_shared(m->children, slot), &params, &peer);
-
-        Child child = {
-                .pid = pid,
-                .peer = peer,
-                .local = l->bound,
-                .source = source,
-                .start_usec = now_usec(),
-        };
-        r = child_table_commit(m->children, slot, &child);
-        if (r >= 0)
-                r = source_table_add(m->sources, &source);
-        if (r < 0) /* cannot happen: both tables hold SLOTS_MAX */
-                log_error_errno(r, "Failed to account child %d", (int) pid);
-        m->counters.accepted++;
-        m->counters.peak = MAX(m->counters.peak, child_table_active(m->children));
-}
-
-static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Manager *m = userdata;
-        Listener *l = NULL;
-
-        for (unsigned i = 0; i < m->n_listeners; i++)
-                if (m->listeners[i]->source == s)
-                        l = m->listeners[i];
-        if (!l)
-                return 0;
-
-        for (int i = 0; i < ACCEPT_BATCH; i++) {
-                SockAddr sa;
-                socklen_t len = sizeof(sa);
-                int cfd = accept4(fd, &sa.sa, &len, SOCK_CLOEXEC);
-                if (cfd < 0) {
-                        switch (errno) {
-                        case EAGAIN:
-                                return 0;
-                        case EINTR:
-                        case ECONNABORTED:
-                        case EPROTO:
-                        case EPERM: /* firewall */
-                        case ENETDOWN:
-                        case ENOPROTOOPT:
-                        case EHOSTDOWN:
-                        case ENONET:
-                        case EHOSTUNREACH:
-                        case EOPNOTSUPP:
-                        case ENETUNREACH:
-                                continue;
-                        default: /* EMFILE, ENFILE, ENOBUFS, ENOMEM and the unexpected */
-                                accept_backoff(m, errno);
-                                return 0;
-                        }
-                }
-                handle_connection(m, l, cfd, &sa, len);
-        }
-        return 0;
 }
 
 /* --- reaping ------------------------------------------------------------------------------- */
@@ -345,6 +132,8 @@ static void record_exit(Manager *m, pid_t pid, int status) {
         if (m->config->log_connections || failure)
                 log_connection(&(ConnectionRecord) {
                         .peer = c.peer,
+                        .via = c.via,
+                        .proxied = c.proxied,
                         .local = c.local,
                         .pid = pid,
                         .duration_usec = now_usec() - c.start_usec,
@@ -355,8 +144,8 @@ static void record_exit(Manager *m, pid_t pid, int status) {
                 });
 }
 
-/* Collect every exited child; returns how many. */
-static unsigned reap_children(Manager *m) {
+/* Collect every exited child and give freed slots to queued connections; returns how many. */
+unsigned reap_children(Manager *m) {
         unsigned n = 0;
         int status;
         pid_t pid;
@@ -365,6 +154,8 @@ static unsigned reap_children(Manager *m) {
                 record_exit(m, pid, status);
                 n++;
         }
+        if (n > 0)
+                accept_slots_freed(m);
         return n;
 }
 
@@ -415,6 +206,9 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         log_info("received SIG%s, stopping: closing listeners, draining %u connections",
                  sigabbrev_np((int) si->ssi_signo) ? sigabbrev_np((int) si->ssi_signo) : "?", active);
         close_listeners(m);
+        unsigned dropped = accept_drop_pending(m);
+        if (dropped > 0)
+                log_info("closed %u connections that were waiting for a PROXY header or a free slot", dropped);
         if (active == 0)
                 return sd_event_exit(m->event, 0);
 
@@ -427,14 +221,19 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
 /* --- reload -------------------------------------------------------------------------------- */
 
 static int apply_listeners(Manager *m, const Config *c) {
-        IpAddr addrs[MAX_LISTENERS], failed = { 0 };
+        ListenAddr addrs[MAX_LISTENERS];
+        IpAddr failed = { 0 };
         Listener **list = NULL;
         char a[IPADDR_STR_MAX];
         unsigned n;
         int r;
 
-        if (m->activated)
-                return 0; /* systemd owns the sockets */
+        if (m->activated) {
+                /* systemd owns the sockets; only the PROXY requirement can change */
+                for (unsigned i = 0; i < m->n_listeners; i++)
+                        m->listeners[i]->proxy = c->proxy_protocol;
+                return 0;
+        }
         n = config_listen_addresses(c, addrs, ELEMENTSOF(addrs));
         r = listeners_update(m->listeners, m->n_listeners, addrs, n, c->backlog, &list, &failed);
         if (r < 0)
@@ -476,6 +275,10 @@ static void regroup_sources(Manager *m) {
                 admit_source_key(&c->peer, &limits, &mc->source);
                 (void) source_table_add(m->sources, &mc->source);
         }
+        for (Conn *q = m->queue.head; q; q = q->next) {
+                admit_source_key(&q->peer, &limits, &q->source);
+                q->counted = source_table_add(m->sources, &q->source) >= 0;
+        }
 }
 
 static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -495,10 +298,14 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
                 c = config_free(c);
         else {
                 bool regroup = grouping_changed(m->config, c);
-                config_free(m->config);
+                Config *old = m->config;
                 m->config = c;
                 if (regroup)
                         regroup_sources(m);
+                r = accept_apply_config(m, old);
+                if (r < 0)
+                        log_error_errno(r, "Failed to apply access lists and rates");
+                config_free(old);
                 log_full(LOG_INFO, 0, MESSAGE_ID_RELOADED, "reloaded configuration from %s", c->path);
         }
         format_status(m, m->last_status, sizeof(m->last_status));
@@ -529,6 +336,8 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
                 r = source_table_new(&m->sources);
         if (r >= 0)
                 r = sd_event_default(&m->event);
+        if (r >= 0)
+                r = accept_apply_config(m, NULL);
         if (r < 0) {
                 manager_free(m);
                 return r;
@@ -542,13 +351,17 @@ Manager *manager_free(Manager *m) {
                 return NULL;
         close_listeners(m);
         free(m->listeners);
+        accept_drop_pending(m);
         sd_event_source_unref(m->refusal_timer);
         sd_event_source_unref(m->backoff_timer);
+        sd_event_source_unref(m->queue_timer);
         sd_event_source_unref(m->status_timer);
         sd_event_source_unref(m->shutdown_timer);
         sd_event_unref(m->event);
         child_table_free(m->children);
         source_table_free(m->sources);
+        acl_free(m->acl);
+        rate_table_free(m->source_rates);
         config_free(m->config);
         free(m);
         return NULL;

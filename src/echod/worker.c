@@ -28,7 +28,13 @@ static const char *const exit_reasons[_WORKER_EXIT_MAX] = {
         [WORKER_PEER_RESET] = "peer-reset",
         [WORKER_IO_ERROR] = "io-error",
         [WORKER_DRAINED] = "drained",
+        [WORKER_STALL_TIMEOUT] = "stall-timeout",
+        [WORKER_MAX_SESSION] = "max-session",
+        [WORKER_MAX_BYTES] = "max-bytes",
 };
+
+/* After our FIN, how long to wait for the peer's before closing anyway. */
+#define LINGER_USEC (5 * USEC_PER_SEC)
 
 const char *worker_exit_reason(int code) {
         return code >= 0 && code < _WORKER_EXIT_MAX ? exit_reasons[code] : "unknown-exit";
@@ -84,14 +90,34 @@ static void linger_until_eof(int fd, uint64_t deadline, const sigset_t *mask) {
         }
 }
 
+/* The earliest deadline that applies now, and which exit it means. */
+static uint64_t next_deadline(bool pending, uint64_t last_in, uint64_t last_out, uint64_t session_end,
+                              const WorkerParams *p, int *ret_exit) {
+        uint64_t d = 0;
+
+        if (!pending && p->idle_timeout) {
+                d = MAX(last_in, last_out) + (uint64_t) p->idle_timeout * USEC_PER_SEC;
+                *ret_exit = WORKER_IDLE_TIMEOUT;
+        }
+        if (pending && p->stall_timeout) {
+                d = last_out + (uint64_t) p->stall_timeout * USEC_PER_SEC;
+                *ret_exit = WORKER_STALL_TIMEOUT;
+        }
+        if (session_end && (!d || session_end <= d)) {
+                d = session_end;
+                *ret_exit = WORKER_MAX_SESSION;
+        }
+        return d;
+}
+
 int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_atomic_t *stop,
                 const sigset_t *poll_mask) {
         static char buf[WORKER_BUFFER];
         size_t start = 0, end = 0;
-        bool eof = false, draining = false;
-        uint64_t idle = (uint64_t) p->idle_timeout * USEC_PER_SEC;
-        uint64_t last = now_usec();
-        int r;
+        bool eof = false, draining = false, capped = false;
+        uint64_t now = now_usec(), last_in = now, last_out = now, total_in = 0;
+        uint64_t session_end = p->max_session ? now + (uint64_t) p->max_session * USEC_PER_SEC : 0;
+        int r, timeout_exit = WORKER_IDLE_TIMEOUT, finish = WORKER_CLEAN;
 
         r = fd_set_nonblock(fd, 1);
         if (r < 0)
@@ -100,29 +126,49 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
         for (;;) {
                 short events = 0, revents = 0;
 
-                if (stop && *stop)
+                if (stop && *stop && !draining) {
                         draining = true;
-                if ((eof || draining) && start == end)
+                        finish = WORKER_DRAINED;
+                }
+                if ((eof || draining || capped) && start == end)
                         break;
-                if (!eof && !draining && end < sizeof(buf))
+                if (!eof && !draining && !capped && end < sizeof(buf))
                         events |= POLLIN;
                 if (start < end)
                         events |= POLLOUT;
 
-                r = wait_fd(fd, events, &revents, idle ? last + idle : 0, poll_mask);
+                uint64_t deadline = next_deadline(start < end, last_in, last_out, session_end, p, &timeout_exit);
+                r = wait_fd(fd, events, &revents, deadline, poll_mask);
                 if (r == -EINTR)
                         continue;
                 if (r < 0)
                         return WORKER_IO_ERROR;
-                if (r == 0)
-                        return WORKER_IDLE_TIMEOUT;
+                if (r == 0) {
+                        if (timeout_exit != WORKER_MAX_SESSION)
+                                return timeout_exit;
+                        /* lifetime over: stop reading, echo what we hold, FIN (bounded below) */
+                        draining = true;
+                        finish = WORKER_MAX_SESSION;
+                        session_end = 0;
+                        if (!p->stall_timeout)
+                                session_end = now_usec() + LINGER_USEC; /* never hang on a non-reader */
+                        continue;
+                }
 
                 if ((events & POLLIN) && (revents & (POLLIN | POLLHUP | POLLERR))) {
-                        ssize_t n = read(fd, buf + end, sizeof(buf) - end);
+                        size_t room = sizeof(buf) - end;
+                        if (p->max_bytes && p->max_bytes - total_in < room)
+                                room = (size_t) (p->max_bytes - total_in);
+                        ssize_t n = read(fd, buf + end, room);
                         if (n > 0) {
-                                last = now_usec();
+                                last_in = now_usec();
                                 end += (size_t) n;
-                                account(slot, slot ? &slot->bytes_in : NULL, (size_t) n, last);
+                                total_in += (uint64_t) n;
+                                account(slot, slot ? &slot->bytes_in : NULL, (size_t) n, last_in);
+                                if (p->max_bytes && total_in >= p->max_bytes) {
+                                        capped = true;
+                                        finish = WORKER_MAX_BYTES;
+                                }
                         } else if (n == 0)
                                 eof = true;
                         else if (errno != EAGAIN && errno != EINTR)
@@ -131,9 +177,9 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
                 if (start < end && (revents & (POLLOUT | POLLHUP | POLLERR))) {
                         ssize_t n = send(fd, buf + start, end - start, MSG_NOSIGNAL);
                         if (n > 0) {
-                                last = now_usec();
+                                last_out = now_usec();
                                 start += (size_t) n;
-                                account(slot, slot ? &slot->bytes_out : NULL, (size_t) n, last);
+                                account(slot, slot ? &slot->bytes_out : NULL, (size_t) n, last_out);
                                 if (start == end)
                                         start = end = 0;
                                 else if (start >= sizeof(buf) / 2 && end == sizeof(buf)) {
@@ -152,8 +198,8 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
         if (shutdown(fd, SHUT_WR) < 0)
                 return errno_to_exit(errno);
         if (!eof)
-                linger_until_eof(fd, idle ? now_usec() + idle : 0, poll_mask);
-        return draining ? WORKER_DRAINED : WORKER_CLEAN;
+                linger_until_eof(fd, now_usec() + LINGER_USEC, poll_mask);
+        return finish;
 }
 
 static volatile sig_atomic_t stop_requested;

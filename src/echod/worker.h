@@ -14,13 +14,19 @@ typedef enum WorkerExit {
         WORKER_PEER_RESET = 3,   /* the peer reset the connection */
         WORKER_IO_ERROR = 4,     /* any other socket error */
         WORKER_DRAINED = 5,      /* echod stopping: pending echo flushed, FIN sent */
+        WORKER_STALL_TIMEOUT = 6, /* the peer stopped reading its echo for stall_timeout */
+        WORKER_MAX_SESSION = 7,  /* the connection lived max_session */
+        WORKER_MAX_BYTES = 8,    /* max_bytes echoed: the rest is not read, FIN sent */
         _WORKER_EXIT_MAX,
 } WorkerExit;
 
 const char *worker_exit_reason(int code);
 
 typedef struct WorkerParams {
-        unsigned idle_timeout; /* seconds, 0 = none */
+        unsigned idle_timeout;  /* seconds without data either way, 0 = none */
+        unsigned stall_timeout; /* seconds with echo pending and no write progress, 0 = none */
+        unsigned max_session;   /* seconds of lifetime, 0 = none */
+        uint64_t max_bytes;     /* bytes echoed, 0 = no limit */
 } WorkerParams;
 
 /* The echo loop on a connected socket. Returns a WorkerExit. stop is polled; poll_mask, if not

@@ -127,9 +127,9 @@ int ipaddr_parse_prefix(const char *s, IpAddr *ret) {
 
         masked = a;
         ipaddr_mask(&masked, (unsigned) plen);
+        *ret = masked;
         if (memcmp(masked.bytes, a.bytes, sizeof(a.bytes)) != 0)
                 return -EDOM;
-        *ret = masked;
         return 0;
 }
 

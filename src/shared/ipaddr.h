@@ -34,7 +34,8 @@ static inline unsigned ipaddr_bits(int family) {
 int ipaddr_parse_endpoint(const char *s, IpAddr *ret, bool *ret_wildcard);
 
 /* "10.0.0.0/8", "2001:db8::/32" or a bare address (a host prefix). Host bits must be zero.
- * Returns 0, -EINVAL (syntax), -ERANGE (prefix too long) or -EDOM (host bits set). */
+ * Returns 0, -EINVAL (syntax), -ERANGE (prefix too long) or -EDOM (host bits set; *ret then
+ * holds the masked prefix, to suggest to the user). */
 int ipaddr_parse_prefix(const char *s, IpAddr *ret);
 
 /* From a kernel sockaddr; IPv4-mapped IPv6 becomes IPv4. Returns 0 or -EAFNOSUPPORT. */

@@ -114,13 +114,13 @@ static Config *load(const char *name) {
 
 static void test_defaults(void **state) {
         Config *c = load("good/empty.conf");
-        IpAddr a[4];
+        ListenAddr a[4];
         char buf[IPADDR_STR_MAX];
 
         assert_int_equal(c->n_listen, 2);
         assert_int_equal(config_listen_addresses(c, a, 4), 2);
-        assert_string_equal(ipaddr_format_endpoint(&a[0], buf), "0.0.0.0:7");
-        assert_string_equal(ipaddr_format_endpoint(&a[1], buf), "[::]:7");
+        assert_string_equal(ipaddr_format_endpoint(&a[0].addr, buf), "0.0.0.0:7");
+        assert_string_equal(ipaddr_format_endpoint(&a[1].addr, buf), "[::]:7");
         assert_int_equal(c->max_connections, 512);
         assert_int_equal(c->max_per_source, 64);
         assert_int_equal(c->source_prefix_v4, 32);
@@ -151,12 +151,12 @@ static void test_all_keys(void **state) {
 
 static void test_wildcard_expands(void **state) {
         Config *c = load("good/wildcard.conf");
-        IpAddr a[4];
+        ListenAddr a[4];
         char buf[IPADDR_STR_MAX];
 
         assert_int_equal(config_listen_addresses(c, a, 4), 2);
-        assert_string_equal(ipaddr_format_endpoint(&a[0], buf), "0.0.0.0:7");
-        assert_string_equal(ipaddr_format_endpoint(&a[1], buf), "[::]:7");
+        assert_string_equal(ipaddr_format_endpoint(&a[0].addr, buf), "0.0.0.0:7");
+        assert_string_equal(ipaddr_format_endpoint(&a[1].addr, buf), "[::]:7");
         config_free(c);
 }
 

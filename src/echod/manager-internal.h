@@ -1,0 +1,83 @@
+/* The master's state, shared by manager.c (loop, signals, reaping, reload, stop) and accept.c
+ * (accept → PROXY header → admission → queue or fork). Nothing else includes this. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "echod/acl.h"
+#include "echod/admit.h"
+#include "echod/children.h"
+#include "echod/config.h"
+#include "echod/listen.h"
+#include "echod/ratelimit.h"
+
+/* An accepted connection not yet handed to a child: waiting for its PROXY header, or queued
+ * because echod is at capacity (at_capacity = queue). */
+typedef struct Conn {
+        struct Manager *manager;
+        int fd;
+        IpAddr peer;   /* the client: the PROXY header's source, or the socket peer */
+        IpAddr via;    /* the socket peer (the load balancer, if proxied) */
+        bool proxied;  /* peer came from a PROXY header */
+        IpAddr local;
+        IpAddr source; /* per-source key, set at admission */
+        bool counted;  /* holds a count in the source table (while queued) */
+        uint64_t since;
+        sd_event_source *io, *timer; /* while waiting for a PROXY header */
+        struct Conn *prev, *next;
+} Conn;
+
+typedef struct ConnList {
+        Conn *head, *tail;
+        unsigned n;
+} ConnList;
+
+typedef struct Counters {
+        uint64_t accepted;
+        uint64_t refused[_REFUSE_MAX];
+        uint64_t crashed; /* children that died from a signal or failed setup */
+        uint64_t bytes_in, bytes_out;
+        unsigned peak;
+} Counters;
+
+typedef struct Manager {
+        sd_event *event;
+        Config *config;
+        Listener **listeners;
+        unsigned n_listeners;
+        bool activated;
+        ChildTable *children;
+        SourceTable *sources;
+        Acl *acl;
+        TokenBucket rate;
+        RateTable *source_rates;
+        ConnList proxy_pending;
+        ConnList queue;
+        bool queue_full;
+        Counters counters;
+        RefusalWindow refusal_windows[_REFUSE_MAX];
+        sd_event_source *refusal_timer;
+        sd_event_source *backoff_timer;
+        sd_event_source *queue_timer;
+        sd_event_source *status_timer;
+        sd_event_source *shutdown_timer;
+        bool stopping;
+        char last_status[512];
+} Manager;
+
+/* accept.c */
+int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+/* Children went away: hand queued connections to free slots. */
+void accept_slots_freed(Manager *m);
+/* The configuration was swapped: rebuild access lists and rate state. Returns 0 or -ENOMEM. */
+int accept_apply_config(Manager *m, const Config *old);
+/* Stopping: close every connection not yet handed to a child. Returns how many. */
+unsigned accept_drop_pending(Manager *m);
+AdmitLimits manager_limits(const Manager *m);
+
+/* manager.c */
+/* Listeners are on unless stopping, backing off after EMFILE, or the queue is full. */
+void manager_update_listeners(Manager *m);
+unsigned reap_children(Manager *m);
