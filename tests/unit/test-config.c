@@ -65,7 +65,7 @@ static unsigned for_each_fixture(const char *sub, void (*fn)(const char *)) {
 }
 
 static void test_bad_fixtures(void **state) {
-        assert_true(for_each_fixture("bad", check_bad) >= 15);
+        assert_true(for_each_fixture("bad", check_bad) >= 27);
 }
 
 /* Good files load, and the dump of what loaded loads back to the same dump. */
@@ -146,6 +146,38 @@ static void test_all_keys(void **state) {
         assert_string_equal(c->group, "nogroup");
         assert_string_equal(c->pidfile, "");
         assert_false(c->log_connections);
+        assert_int_equal(c->at_capacity, AT_CAPACITY_QUEUE);
+        assert_int_equal(c->queue_timeout, 5);
+        assert_true(c->connection_rate == 100.5);
+        assert_int_equal(c->connection_burst, 200);
+        assert_true(c->per_source_rate == 0.25);
+        assert_int_equal(c->allow.n, 3);
+        assert_int_equal(c->deny.n, 2);
+        char buf[IPADDR_STR_MAX];
+        /* a mapped IPv6 prefix is an IPv4 prefix */
+        assert_string_equal(ipaddr_format_prefix(&c->deny.items[1], buf), "10.2.0.0/16");
+        assert_int_equal(c->stall_timeout, 0);
+        assert_int_equal(c->max_session, 3600);
+        assert_true(c->max_bytes == UINT64_C(1099511627776));
+        assert_true(c->proxy_protocol);
+        assert_int_equal(c->proxy_trusted.n, 2);
+        assert_int_equal(c->proxy_timeout, 5);
+        config_free(c);
+}
+
+static void test_proxy_listeners(void **state) {
+        Config *c = load("good/proxy-listeners.conf");
+        ListenAddr a[4];
+
+        assert_int_equal(config_listen_addresses(c, a, 4), 3);
+        assert_true(a[0].proxy);
+        assert_false(a[1].proxy);
+        assert_true(a[2].proxy);
+        assert_int_equal(a[2].addr.port, 7009);
+        /* the global switch makes every listener a PROXY listener */
+        c->proxy_protocol = true;
+        assert_int_equal(config_listen_addresses(c, a, 4), 3);
+        assert_true(a[1].proxy);
         config_free(c);
 }
 
@@ -204,6 +236,7 @@ int main(void) {
                 cmocka_unit_test(test_defaults),       cmocka_unit_test(test_all_keys),
                 cmocka_unit_test(test_wildcard_expands), cmocka_unit_test(test_string_escapes),
                 cmocka_unit_test(test_missing_file),   cmocka_unit_test(test_shipped_config),
+                cmocka_unit_test(test_proxy_listeners),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
