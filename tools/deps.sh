@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PKGS=(meson ninja-build pkg-config gcc libc6-dev libsystemd-dev libconfuse-dev libbsd-dev)
-TEST_PKGS=(libcmocka-dev python3 python3-pytest python3-pytest-timeout socat ncat systemd procps iproute2)
+TEST_PKGS=(libcmocka-dev python3 python3-pytest python3-pytest-timeout socat ncat systemd procps iproute2 haproxy)
 
 want=("${BUILD_PKGS[@]}")
 [ "${1:-build}" = test ] && want+=("${TEST_PKGS[@]}")
