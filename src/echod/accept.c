@@ -58,6 +58,7 @@ static void list_remove(ConnList *l, Conn *c) {
 }
 
 static void conn_free(Conn *c) {
+        free(c->header);
         sd_event_source_disable_unref(c->io);
         sd_event_source_disable_unref(c->timer);
         safe_close(c->fd);
@@ -307,23 +308,38 @@ static bool proxy_trusted(const Config *cfg, const IpAddr *sender) {
         return false;
 }
 
-/* Peek at what arrived; consume exactly the header once it is complete.
+/* Read the header without ever taking a payload byte: peek at what arrived and parse it after
+ * what we hold. Complete: consume exactly the rest of the header. A valid but incomplete prefix
+ * is all header, so it is consumed into c->header — otherwise the socket would stay readable
+ * and a level-triggered wait would spin on the same bytes.
  * Returns 1 done, 0 need more, or a negative error for the refusal. */
 static int proxy_read_header(Conn *c) {
         uint8_t buf[PROXY_PARSE_MAX];
         ProxyHeader h;
         ssize_t n, r;
 
-        n = recv(c->fd, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+        memcpy(buf, c->header, c->header_len);
+        n = recv(c->fd, buf + c->header_len, sizeof(buf) - c->header_len, MSG_PEEK | MSG_DONTWAIT);
         if (n < 0)
                 return errno == EAGAIN || errno == EINTR ? 0 : negative_errno();
         if (n == 0)
                 return -ECONNRESET;
-        r = proxy_header_parse(buf, (size_t) n, &h);
-        if (r <= 0)
+        r = proxy_header_parse(buf, c->header_len + (size_t) n, &h);
+        if (r < 0)
                 return (int) r;
-        if (recv(c->fd, buf, (size_t) r, MSG_DONTWAIT) != r)
+        if (r == 0) {
+                if (!c->header && !(c->header = malloc(PROXY_PARSE_MAX)))
+                        return -ENOMEM;
+                if (recv(c->fd, c->header + c->header_len, (size_t) n, MSG_DONTWAIT) != n)
+                        return -EIO;
+                c->header_len += (size_t) n;
+                return 0;
+        }
+        size_t rest = (size_t) r - c->header_len;
+        if (rest > 0 && recv(c->fd, buf, rest, MSG_DONTWAIT) != (ssize_t) rest)
                 return -EIO;
+        c->header = mfree(c->header);
+        c->header_len = 0;
         if (h.command == PROXY_CMD_PROXY && h.has_addresses) {
                 c->peer = h.src;
                 c->proxied = true;

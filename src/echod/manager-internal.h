@@ -26,6 +26,8 @@ typedef struct Conn {
         bool counted;  /* holds a count in the source table (while queued) */
         uint64_t since;
         sd_event_source *io, *timer; /* while waiting for a PROXY header */
+        uint8_t *header;             /* ...and the part of it already read */
+        size_t header_len;
         struct Conn *prev, *next;
 } Conn;
 

@@ -46,6 +46,11 @@ static inline void closep(int *fd) {
         safe_close(*fd);
 }
 
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
+
 static inline void freep(void *p) {
         free(*(void **) p);
 }

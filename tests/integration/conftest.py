@@ -50,14 +50,27 @@ class Notify:
                 data = self.sock.recv(65536)
             except socket.timeout:
                 continue
-            msg = {}
-            for line in data.decode(errors="replace").split("\n"):
-                if "=" in line:
-                    k, v = line.split("=", 1)
-                    msg[k] = v
-            self.messages.append(msg)
+            msg = self._record(data)
             if pred(msg):
                 return msg
+
+    def _record(self, data):
+        msg = {}
+        for line in data.decode(errors="replace").split("\n"):
+            if "=" in line:
+                k, v = line.split("=", 1)
+                msg[k] = v
+        self.messages.append(msg)
+        return msg
+
+    def drain(self):
+        """Collect every datagram already queued, without waiting."""
+        self.sock.setblocking(False)  # wait_for() sets its own timeout again
+        while True:
+            try:
+                self._record(self.sock.recv(65536))
+            except BlockingIOError:
+                return
 
     def close(self):
         self.sock.close()
@@ -86,13 +99,24 @@ class Echod:
         with open(self.conf_path, "w") as f:
             f.write(conf)
 
-    def start(self, ready=True):
+    def start(self, ready=True, listen_sock=None):
+        """listen_sock: a listening socket the test owns, passed as fd 3 with LISTEN_FDS=1
+        (as systemd would), instead of letting echod bind its configured addresses."""
         env = sanitizer_env(dict(os.environ, NOTIFY_SOCKET=self.notify.path, **self.env))
         env.pop("JOURNAL_STREAM", None)
         self.stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            self.wrapper + [ECHOD, "-D", "-e", "-f", self.conf_path] + self.args,
-            stdin=subprocess.DEVNULL, stdout=self.stderr, stderr=self.stderr, env=env)
+        cmd = self.wrapper + [ECHOD, "-D", "-e", "-f", self.conf_path] + self.args
+        preexec = None
+        if listen_sock is not None:
+            fd = listen_sock.fileno()
+
+            def preexec():
+                os.dup2(fd, 3)  # dup2 clears FD_CLOEXEC on 3
+            # LISTEN_PID must be echod's own pid: known only in the process that execs it
+            cmd = ["/bin/sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh"] + cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.stderr,
+                                     stderr=self.stderr, env=env, preexec_fn=preexec,
+                                     close_fds=listen_sock is None)  # Python fds are CLOEXEC anyway
         if ready:
             self.wait_ready()
         return self
@@ -111,6 +135,14 @@ class Echod:
             m = re.search(r"listening on (.*)$", self.status)
             if m:
                 self.addresses = m.group(1).split()
+
+    def current_status(self):
+        """The latest STATUS= echod sent (datagrams already queued are read first)."""
+        self.notify.drain()
+        for m in reversed(self.notify.messages):
+            if "STATUS" in m:
+                return m["STATUS"]
+        return None
 
     def wait_status(self, pred, timeout=10.0):
         msg = self.notify.wait_for(lambda m: "STATUS" in m and pred(m["STATUS"]), timeout)
