@@ -11,7 +11,7 @@
 
 #include "echod/log.h"
 #include "echod/manager-internal.h"
-#include "echod/worker.h"
+#include "echod/child.h"
 #include "shared/macro.h"
 #include "shared/proxy.h"
 #include "shared/timeutil.h"
@@ -153,7 +153,7 @@ static void spawn(Manager *m, Conn *c) {
                 return;
         }
         if (pid == 0)
-                worker_main(TAKE_FD(c->fd), child_table_shared(m->children, slot), &params, &c->peer);
+                child_main(TAKE_FD(c->fd), child_table_shared(m->children, slot), &params, &c->peer);
 
         Child child = {
                 .pid = pid,

@@ -1,4 +1,4 @@
-/* The child: one accepted connection, echoed until the peer is done (RFC 862).
+/* The echo loop: one accepted connection, echoed until the peer is done (RFC 862).
  *
  * Non-blocking socket, one buffer, ppoll. Reading stops while the buffer is full, so a client that
  * does not read its echo is held back by TCP flow control, not by our memory. On the peer's FIN
@@ -200,42 +200,4 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
         if (!eof)
                 linger_until_eof(fd, now_usec() + LINGER_USEC, poll_mask);
         return finish;
-}
-
-static volatile sig_atomic_t stop_requested;
-
-static void on_sigterm(int sig) {
-        stop_requested = 1;
-}
-
-_Noreturn void worker_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer) {
-        struct sigaction sa = { .sa_handler = SIG_DFL };
-        sigset_t block, during_poll;
-        char title[IPADDR_STR_MAX];
-
-        /* dispositions: default for all, ignore SIGPIPE, SIGTERM requests a drain */
-        for (int sig = 1; sig < NSIG; sig++)
-                if (sig != SIGKILL && sig != SIGSTOP)
-                        (void) sigaction(sig, &sa, NULL);
-        sa.sa_handler = SIG_IGN;
-        (void) sigaction(SIGPIPE, &sa, NULL);
-        sa.sa_handler = on_sigterm;
-        (void) sigaction(SIGTERM, &sa, NULL);
-        sigemptyset(&block);
-        sigaddset(&block, SIGTERM);
-        (void) sigprocmask(SIG_SETMASK, &block, NULL);
-        sigemptyset(&during_poll);
-
-        /* the connection becomes fd 3; every other inherited fd above stdio goes */
-        if (fd != 3) {
-                if (dup3(fd, 3, O_CLOEXEC) < 0)
-                        _exit(WORKER_SETUP_FAILED);
-                fd = 3;
-        }
-        if (close_range(4, ~0U, 0) < 0)
-                _exit(WORKER_SETUP_FAILED);
-
-        setproctitle("%s", ipaddr_format_endpoint(peer, title));
-
-        _exit(worker_echo(fd, slot, p, &stop_requested, &during_poll));
 }

@@ -1,4 +1,4 @@
-/* The child: one accepted connection, echoed until the peer is done (RFC 862). */
+/* The echo loop: one accepted connection, echoed until the peer is done (RFC 862). */
 #pragma once
 
 #include <signal.h>
@@ -34,7 +34,3 @@ typedef struct WorkerParams {
  * slot may be NULL (no accounting). */
 int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_atomic_t *stop,
                 const sigset_t *poll_mask);
-
-/* In the freshly forked child: reset signals, close every other fd, set the process title,
- * echo, and _exit with a WorkerExit. */
-_Noreturn void worker_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer);

@@ -1,0 +1,45 @@
+/* The child, from fork() to the echo loop: signals, file descriptors, process title, then
+ * worker_echo() and _exit() with its result. Runs in the forked copy of the master. */
+#include "echod/child.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_sigterm(int sig) {
+        stop_requested = 1;
+}
+
+_Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer) {
+        struct sigaction sa = { .sa_handler = SIG_DFL };
+        sigset_t block, during_poll;
+        char title[IPADDR_STR_MAX];
+
+        /* dispositions: default for all, ignore SIGPIPE, SIGTERM requests a drain */
+        for (int sig = 1; sig < NSIG; sig++)
+                if (sig != SIGKILL && sig != SIGSTOP)
+                        (void) sigaction(sig, &sa, NULL);
+        sa.sa_handler = SIG_IGN;
+        (void) sigaction(SIGPIPE, &sa, NULL);
+        sa.sa_handler = on_sigterm;
+        (void) sigaction(SIGTERM, &sa, NULL);
+        sigemptyset(&block);
+        sigaddset(&block, SIGTERM);
+        (void) sigprocmask(SIG_SETMASK, &block, NULL);
+        sigemptyset(&during_poll);
+
+        /* the connection becomes fd 3; every other inherited fd above stdio goes */
+        if (fd != 3) {
+                if (dup3(fd, 3, O_CLOEXEC) < 0)
+                        _exit(WORKER_SETUP_FAILED);
+                fd = 3;
+        }
+        if (close_range(4, ~0U, 0) < 0)
+                _exit(WORKER_SETUP_FAILED);
+
+        setproctitle("%s", ipaddr_format_endpoint(peer, title));
+
+        _exit(worker_echo(fd, slot, p, &stop_requested, &during_poll));
+}
