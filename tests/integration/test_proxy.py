@@ -318,6 +318,31 @@ def test_silent_or_partial_client_times_out(echod_factory):
     assert e.children() == []
 
 
+def master_cpu_seconds(e):
+    fields = open(f"/proc/{e.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_pending_partial_header_costs_no_cpu(echod_factory):
+    """A valid prefix waiting for the rest must not make the master spin on a readable fd (a
+    level-triggered watch on bytes it only peeks at would wake it continuously until proxy_timeout)."""
+    e = proxied_echod(echod_factory, proxy_timeout=10)
+    held = [connect_from(listener(e), "127.0.0.1") for _ in range(3)]
+    for s in held:
+        s.sendall(b"PROXY TCP4 127.0.0.")
+    assert all(still_open_after(s, 0.1) for s in held)
+    cpu0, t0 = master_cpu_seconds(e), time.monotonic()
+    assert still_open_after(held[0], 1.5)  # a bounded window, polled
+    used = (master_cpu_seconds(e) - cpu0) / (time.monotonic() - t0)
+    assert used < 0.2, f"master used {used:.0%} CPU while headers were pending"
+    # and they still complete
+    for i, s in enumerate(held):
+        s.sendall(f"{10 + i} 127.0.0.1 {1000 + i} 7\r\n".encode())
+        assert ping(s)
+        s.close()
+    e.wait_log(r"connection 127\.0\.0\.12:1002 via 127\.0\.0\.1:\d+ closed: clean")
+
+
 @pytest.mark.parametrize("version,source,logged", [
     ("v1", "203.0.113.7:51234", r"203\.0\.113\.7:51234"),
     ("v2", "203.0.113.7:51234", r"203\.0\.113\.7:51234"),
