@@ -153,7 +153,8 @@ static void spawn(Manager *m, Conn *c) {
                 return;
         }
         if (pid == 0)
-                child_main(TAKE_FD(c->fd), child_table_shared(m->children, slot), &params, &c->peer);
+                child_main(TAKE_FD(c->fd), child_table_shared(m->children, slot), &params, &c->peer,
+                           m->sandbox);
 
         Child child = {
                 .pid = pid,
@@ -318,7 +319,8 @@ static int proxy_read_header(Conn *c) {
         ProxyHeader h;
         ssize_t n, r;
 
-        memcpy(buf, c->header, c->header_len);
+        if (c->header_len > 0)
+                memcpy(buf, c->header, c->header_len);
         n = recv(c->fd, buf + c->header_len, sizeof(buf) - c->header_len, MSG_PEEK | MSG_DONTWAIT);
         if (n < 0)
                 return errno == EAGAIN || errno == EINTR ? 0 : negative_errno();
@@ -521,6 +523,14 @@ int accept_apply_config(Manager *m, const Config *old) {
                 return r;
         acl_free(m->acl);
         m->acl = acl;
+        if (!old || old->sandbox != c->sandbox) {
+                Sandbox *sb;
+                r = sandbox_new(c->sandbox, &sb);
+                if (r < 0)
+                        return r;
+                sandbox_free(m->sandbox);
+                m->sandbox = sb;
+        }
         if (!m->source_rates) {
                 r = rate_table_new(SOURCE_RATES_MAX, &m->source_rates);
                 if (r < 0)

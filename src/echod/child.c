@@ -1,5 +1,5 @@
-/* The child, from fork() to the echo loop: signals, file descriptors, process title, then
- * worker_echo() and _exit() with its result. Runs in the forked copy of the master. */
+/* The child, from fork() to the echo loop: signals, file descriptors, process title, sandbox,
+ * then worker_echo() and _exit() with its result. Runs in the forked copy of the master. */
 #include "echod/child.h"
 
 #include <fcntl.h>
@@ -12,7 +12,7 @@ static void on_sigterm(int sig) {
         stop_requested = 1;
 }
 
-_Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer) {
+_Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer, const Sandbox *sb) {
         struct sigaction sa = { .sa_handler = SIG_DFL };
         sigset_t block, during_poll;
         char title[IPADDR_STR_MAX];
@@ -40,6 +40,9 @@ _Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const
                 _exit(WORKER_SETUP_FAILED);
 
         setproctitle("%s", ipaddr_format_endpoint(peer, title));
+
+        if (sandbox_enter(sb) < 0)
+                _exit(WORKER_SETUP_FAILED);
 
         _exit(worker_echo(fd, slot, p, &stop_requested, &during_poll));
 }

@@ -58,6 +58,7 @@ static const Key keys[] = {
         KEY_FLAG(proxy_protocol, 0),
         KEY_LIST(proxy_trusted, KEY_CIDRS, "{\"127.0.0.1/32\", \"::1/128\"}"),
         KEY_UNSIGNED(proxy_timeout, 3, 1, 600),
+        KEY_FLAG(sandbox, 1),
         KEY_UNSIGNED(shutdown_timeout, 10, 0, 3600),
         KEY_STRING(user, "nobody"),
         KEY_STRING(group, ""),

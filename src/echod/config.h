@@ -58,6 +58,7 @@ typedef struct Config {
         bool proxy_protocol;         /* every listener requires a PROXY header */
         CidrList proxy_trusted;
         unsigned proxy_timeout;      /* seconds */
+        bool sandbox;                /* seccomp allow-list in the children */
         unsigned shutdown_timeout;   /* seconds */
         char *user;                  /* "" = keep the current user */
         char *group;                 /* "" = the user's primary group */

@@ -12,6 +12,7 @@
 #include "echod/config.h"
 #include "echod/listen.h"
 #include "echod/ratelimit.h"
+#include "echod/sandbox.h"
 
 /* An accepted connection not yet handed to a child: waiting for its PROXY header, or queued
  * because echod is at capacity (at_capacity = queue). */
@@ -53,6 +54,7 @@ typedef struct Manager {
         ChildTable *children;
         SourceTable *sources;
         Acl *acl;
+        Sandbox *sandbox;
         TokenBucket rate;
         RateTable *source_rates;
         ConnList proxy_pending;

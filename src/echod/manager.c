@@ -361,6 +361,7 @@ Manager *manager_free(Manager *m) {
         child_table_free(m->children);
         source_table_free(m->sources);
         acl_free(m->acl);
+        sandbox_free(m->sandbox);
         rate_table_free(m->source_rates);
         config_free(m->config);
         free(m);

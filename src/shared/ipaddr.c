@@ -34,7 +34,8 @@ static int parse_host(const char *s, IpAddr *ret) {
         } else if (inet_pton(AF_INET6, s, a.bytes) == 1) {
                 a.family = AF_INET6;
                 a.prefixlen = 128;
-                if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *) a.bytes)) {
+                static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+                if (memcmp(a.bytes, mapped, sizeof(mapped)) == 0) { /* no cast: bytes is not aligned */
                         memmove(a.bytes, a.bytes + 12, 4);
                         memset(a.bytes + 4, 0, 12);
                         a.family = AF_INET;
