@@ -3,7 +3,7 @@
 # usage: tools/deps.sh build|test
 set -euo pipefail
 
-BUILD_PKGS=(meson ninja-build pkg-config gcc libc6-dev libsystemd-dev libconfuse-dev libbsd-dev)
+BUILD_PKGS=(meson ninja-build pkg-config gcc libc6-dev libsystemd-dev libconfuse-dev libbsd-dev libseccomp-dev)
 TEST_PKGS=(libcmocka-dev python3 python3-pytest python3-pytest-timeout socat ncat systemd procps iproute2 haproxy scdoc man-db dpkg-dev debhelper lintian debootstrap systemd-container)
 
 want=("${BUILD_PKGS[@]}")

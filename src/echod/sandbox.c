@@ -137,12 +137,19 @@ int sandbox_enter(const Sandbox *s) {
         };
         int fd;
 
-        /* raising one's own oom_score_adj needs no privilege; a failure is not fatal */
+        /* Raising one's own oom_score_adj needs no privilege, but after the master changed
+         * uid it is not dumpable and /proc/self belongs to root: become dumpable just for the
+         * write (before any peer data is read), then not again. A failure is not fatal. */
+        int dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+        if (dumpable == 0)
+                (void) prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
         fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
         if (fd >= 0) {
                 (void) write_full(fd, s->oom_score_adj, strlen(s->oom_score_adj));
                 close(fd);
         }
+        if (dumpable == 0)
+                (void) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
         for (size_t i = 0; i < ELEMENTSOF(limits); i++) {
                 struct rlimit rl = { limits[i].limit, limits[i].limit };
                 if (setrlimit(limits[i].resource, &rl) < 0)
