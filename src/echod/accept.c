@@ -98,6 +98,7 @@ static void note_refusal(Manager *m, Refusal reason, const Conn *c, const char *
         if (!c->source.family)
                 ipaddr_mask(&group, group.family == AF_INET ? 32 : 128);
         m->counters.refused[reason]++;
+        refusal_top_note(&m->refused_sources, &group);
         if (!refusal_window_note(&m->refusal_windows[reason], &group, now_usec()))
                 return;
         log_format_peer(&c->peer, &c->via, c->proxied, peer);

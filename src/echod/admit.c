@@ -84,6 +84,10 @@ unsigned source_table_size(const SourceTable *t) {
         return (unsigned) hashmap_size(t->map);
 }
 
+bool source_table_next(const SourceTable *t, size_t *pos, const void **ret_key, int32_t *ret_count) {
+        return hashmap_next(t->map, pos, ret_key, ret_count);
+}
+
 void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret) {
         *ret = *peer;
         ipaddr_mask(ret, peer->family == AF_INET ? l->prefix_v4 : l->prefix_v6);
@@ -95,6 +99,35 @@ Refusal admit_connection(SourceTable *t, const AdmitLimits *l, unsigned active, 
         if (active >= l->max_connections)
                 return REFUSE_CAPACITY;
         return ADMIT_OK;
+}
+
+void refusal_top_note(RefusalTop *t, const IpAddr *source) {
+        unsigned min = 0;
+
+        for (unsigned i = 0; i < t->n; i++) {
+                if (ipaddr_equal(&t->items[i].source, source)) {
+                        t->items[i].count++;
+                        return;
+                }
+                if (t->items[i].count < t->items[min].count)
+                        min = i;
+        }
+        if (t->n < REFUSAL_SOURCES_TOP) {
+                t->items[t->n].source = *source;
+                t->items[t->n++].count = 1;
+                return;
+        }
+        t->items[min].source = *source;
+        t->items[min].count++;
+}
+
+static int by_count_desc(const void *a, const void *b) {
+        const RefusalTopItem *x = a, *y = b;
+        return x->count < y->count ? 1 : x->count > y->count ? -1 : 0;
+}
+
+void refusal_top_sort(RefusalTop *t) {
+        qsort(t->items, t->n, sizeof(t->items[0]), by_count_desc);
 }
 
 bool refusal_window_note(RefusalWindow *w, const IpAddr *source, uint64_t now) {

@@ -37,6 +37,8 @@ int source_table_add(SourceTable *t, const IpAddr *key);
 void source_table_remove(SourceTable *t, const IpAddr *key);
 void source_table_clear(SourceTable *t);
 unsigned source_table_size(const SourceTable *t);
+/* Iterate groups and their counts: start with *pos = 0. */
+bool source_table_next(const SourceTable *t, size_t *pos, const void **ret_key, int32_t *ret_count);
 
 /* The group a peer belongs to for per-source limits: its address masked to the prefix length. */
 void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret);
@@ -64,6 +66,25 @@ typedef struct RefusalSummary {
         IpAddr top_source;
         uint64_t top_count;
 } RefusalSummary;
+
+/* The sources refused most, for the status report: a fixed table with the space-saving
+ * algorithm (a new source replaces the smallest count and inherits it), so memory and time per
+ * refusal stay constant under an address-rotation flood. Exact while at most
+ * REFUSAL_SOURCES_TOP sources were refused; beyond, the heavy hitters are still found. */
+#define REFUSAL_SOURCES_TOP 64
+typedef struct RefusalTopItem {
+        IpAddr source;
+        uint64_t count;
+} RefusalTopItem;
+
+typedef struct RefusalTop {
+        RefusalTopItem items[REFUSAL_SOURCES_TOP];
+        unsigned n;
+} RefusalTop;
+
+void refusal_top_note(RefusalTop *t, const IpAddr *source);
+/* Sort by count, largest first. */
+void refusal_top_sort(RefusalTop *t);
 
 /* Note a refusal. Returns true if it opened a window (log it now, individually). */
 bool refusal_window_note(RefusalWindow *w, const IpAddr *source, uint64_t now);

@@ -104,6 +104,11 @@ int child_table_release(ChildTable *t, pid_t pid, Child *ret_child, uint64_t *re
         return slot;
 }
 
+int child_table_slot_of(ChildTable *t, pid_t pid) {
+        int32_t *v = hashmap_get(t->by_pid, &pid);
+        return v ? *v : -ENOENT;
+}
+
 SlotShared *child_table_shared(ChildTable *t, int slot) {
         return &t->shared[slot];
 }

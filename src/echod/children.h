@@ -46,6 +46,8 @@ int child_table_commit(ChildTable *t, int slot, const Child *child);
 int child_table_release(ChildTable *t, pid_t pid, Child *ret_child, uint64_t *ret_in, uint64_t *ret_out);
 
 SlotShared *child_table_shared(ChildTable *t, int slot);
+/* The slot of a live child, or -ENOENT. */
+int child_table_slot_of(ChildTable *t, pid_t pid);
 const Child *child_table_get(const ChildTable *t, int slot);
 unsigned child_table_active(const ChildTable *t);
 /* Iterate live children: start with *pos = 0. */

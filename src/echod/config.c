@@ -63,6 +63,7 @@ static const Key keys[] = {
         KEY_STRING(user, "nobody"),
         KEY_STRING(group, ""),
         KEY_STRING(pidfile, "/run/echod.pid"),
+        KEY_STRING(control_socket, "/run/echod/control"),
         KEY_FLAG(log_connections, 1),
 };
 
@@ -97,7 +98,7 @@ _printf_(2, 3) static void parse_error_at(int line, const char *fmt, ...) {
                 parse.error = NULL;
 }
 
-static void confuse_error(cfg_t *cfg, const char *fmt, va_list ap) {
+_printf_(2, 0) static void confuse_error(cfg_t *cfg, const char *fmt, va_list ap) {
         char msg[512];
 
         vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -266,6 +267,7 @@ Config *config_free(Config *c) {
         free(c->user);
         free(c->group);
         free(c->pidfile);
+        free(c->control_socket);
         free(c->path);
         free(c);
         return NULL;
@@ -391,6 +393,15 @@ static int config_check(const Config *c) {
         if (any_proxy && c->proxy_trusted.n == 0) {
                 parse_error_at(key_line("proxy_trusted"),
                                "proxy_trusted is empty but a listener requires PROXY headers: nobody could connect");
+                return -EINVAL;
+        }
+        if (c->control_socket[0] && c->control_socket[0] != '/') {
+                parse_error_at(key_line("control_socket"), "control_socket: '%s' is not an absolute path",
+                               c->control_socket);
+                return -EINVAL;
+        }
+        if (strlen(c->control_socket) >= 108) { /* sizeof(sun_path) */
+                parse_error_at(key_line("control_socket"), "control_socket: path longer than 107 bytes");
                 return -EINVAL;
         }
         if (c->pidfile[0] && c->pidfile[0] != '/') {

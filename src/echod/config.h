@@ -63,6 +63,7 @@ typedef struct Config {
         char *user;                  /* "" = keep the current user */
         char *group;                 /* "" = the user's primary group */
         char *pidfile;               /* "" = none; used only when daemonising */
+        char *control_socket;        /* "" = none */
         bool log_connections;
 } Config;
 

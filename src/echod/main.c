@@ -8,6 +8,7 @@
 
 #include "build-config.h"
 #include "echod/config.h"
+#include "echod/control.h"
 #include "echod/daemon.h"
 #include "echod/listen.h"
 #include "echod/log.h"
@@ -24,9 +25,12 @@ static bool arg_foreground = false;
 static bool arg_stderr = false;
 static bool arg_test = false;
 static bool arg_dump = false;
+static bool arg_json = false;
+static const char *arg_command = NULL; /* "status": ask the running echod */
 
 static void help(void) {
         printf("usage: echod [-DetTVh] [-f config_file]\n"
+               "       echod [-f config_file] status [--json]\n"
                "\n"
                "TCP echo service (RFC 862): forks one process per connection.\n"
                "\n"
@@ -37,6 +41,7 @@ static void help(void) {
                "  -T       print the effective configuration, defaults included, and exit\n"
                "  -V       print the version and exit\n"
                "  -h       show this help\n"
+               "  status   ask the running echod what it is doing (--json for scripts)\n"
                "\n"
                "Signals: HUP reloads the configuration, TERM or INT drains and stops.\n"
                "See echod(8) and echod.conf(5).\n",
@@ -44,9 +49,15 @@ static void help(void) {
 }
 
 static int parse_argv(int argc, char *argv[]) {
+        static const struct option long_options[] = {
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                { NULL, 0, NULL, 0 },
+        };
         int c;
 
-        while ((c = getopt(argc, argv, "f:DetTVh")) >= 0)
+        while ((c = getopt_long(argc, argv, "f:DetTVh", long_options, NULL)) >= 0)
                 switch (c) {
                 case 'f':
                         arg_config = optarg;
@@ -69,13 +80,22 @@ static int parse_argv(int argc, char *argv[]) {
                 case 'h':
                         help();
                         exit(EXIT_SUCCESS);
+                case 'j':
+                        arg_json = true;
+                        break;
                 default:
                         fprintf(stderr, "Try 'echod -h' for more information.\n");
                         return -EINVAL;
                 }
+        if (optind < argc && streq(argv[optind], "status"))
+                arg_command = argv[optind++];
         if (optind < argc) {
                 fprintf(stderr, "echod: unexpected argument '%s'\nTry 'echod -h' for more information.\n",
                         argv[optind]);
+                return -EINVAL;
+        }
+        if (arg_json && !arg_command) {
+                fprintf(stderr, "echod: --json goes with 'status'\n");
                 return -EINVAL;
         }
         return 0;
@@ -94,6 +114,23 @@ static int bind_listeners(const Config *c, Listener ***ret, unsigned *ret_n) {
                 return log_error_errno(r, "Failed to listen on %s", ipaddr_format_endpoint(&failed, a));
         *ret_n = n;
         return 0;
+}
+
+/* 'echod status': the config names the socket; the daemon answers. */
+static int query_status(Config *c) {
+        int r;
+
+        if (!c->control_socket[0]) {
+                fprintf(stderr, "echod: %s sets no control_socket: nothing to ask\n", c->path);
+                config_free(c);
+                return EXIT_FAILURE;
+        }
+        r = control_query(c->control_socket, arg_json ? "status json" : "status", stdout);
+        if (r < 0)
+                fprintf(stderr, "echod: cannot ask %s: %s%s\n", c->control_socket, strerror(-r),
+                        r == -ENOENT || r == -ECONNREFUSED ? " (is echod running?)" : "");
+        config_free(c);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
 static int drop_privileges(const Config *c) {
@@ -121,7 +158,7 @@ int main(int argc, char *argv[], char *envp[]) {
         Manager *m = NULL;
         Config *config = NULL;
         bool activated;
-        int r;
+        int control_fd = -1, r;
 
         setproctitle_init(argc, argv, envp);
         if (parse_argv(argc, argv) < 0)
@@ -144,6 +181,8 @@ int main(int argc, char *argv[], char *envp[]) {
                 config_free(config);
                 return EXIT_SUCCESS;
         }
+        if (arg_command)
+                return query_status(config);
 
         log_setup(arg_stderr);
         /* until detached, the operator's terminal is the starting process's stderr: syslog alone
@@ -194,10 +233,22 @@ int main(int argc, char *argv[], char *envp[]) {
                 }
         }
 
+        /* the control socket is made while we may still be root; a failure is not fatal */
+        if (config->control_socket[0]) {
+                control_fd = control_bind(config->control_socket);
+                if (control_fd == -EADDRINUSE)
+                        log_warning("another echod answers on %s: running without a control socket",
+                                    config->control_socket);
+                else if (control_fd < 0)
+                        log_warning_errno(control_fd, "Failed to create the control socket %s, running without it",
+                                          config->control_socket);
+        }
+
         if (drop_privileges(config) < 0)
                 goto fail;
 
-        r = manager_new(config, listeners, n_listeners, activated, &m);
+        r = manager_new(config, listeners, n_listeners, activated, control_fd, &m);
+        control_fd = -1;
         if (r < 0) {
                 log_error_errno(r, "Failed to set up");
                 goto fail;
@@ -212,6 +263,7 @@ int main(int argc, char *argv[], char *envp[]) {
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 
 fail:
+        safe_close(control_fd);
         for (unsigned i = 0; i < n_listeners && listeners; i++)
                 listener_free(listeners[i]);
         free(listeners);

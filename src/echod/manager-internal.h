@@ -69,6 +69,13 @@ typedef struct Manager {
         sd_event_source *shutdown_timer;
         bool stopping;
         char last_status[512];
+        /* for the status report */
+        uint64_t started_realtime, started_monotonic, loaded_realtime;
+        unsigned reloads;
+        RefusalTop refused_sources;
+        int control_fd;
+        sd_event_source *control_source;
+        unsigned n_control;
 } Manager;
 
 /* accept.c */
@@ -81,7 +88,17 @@ int accept_apply_config(Manager *m, const Config *old);
 unsigned accept_drop_pending(Manager *m);
 AdmitLimits manager_limits(const Manager *m);
 
+/* control.c: the status socket's server side */
+int control_attach(Manager *m);
+void control_detach(Manager *m);
+
+/* status.c: the report, as text (aligned columns) or JSON, in a malloc'd buffer */
+int status_format(Manager *m, bool json, char **ret, size_t *ret_len);
+/* SIGUSR1: the report into the log, one line per line (live connections capped) */
+void status_log(Manager *m);
+
 /* manager.c */
+uint64_t refused_total(const Counters *c);
 /* Listeners are on unless stopping, backing off after EMFILE, or the queue is full. */
 void manager_update_listeners(Manager *m);
 unsigned reap_children(Manager *m);

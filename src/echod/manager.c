@@ -25,7 +25,7 @@
 #define STATUS_INTERVAL_USEC USEC_PER_SEC
 #define MAX_LISTENERS (2 * CONFIG_MAX_LISTEN)
 
-static uint64_t refused_total(const Counters *c) {
+uint64_t refused_total(const Counters *c) {
         uint64_t n = 0;
         for (int i = 1; i < _REFUSE_MAX; i++)
                 n += c->refused[i];
@@ -206,6 +206,7 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         log_info("received SIG%s, stopping: closing listeners, draining %u connections",
                  sigabbrev_np((int) si->ssi_signo) ? sigabbrev_np((int) si->ssi_signo) : "?", active);
         close_listeners(m);
+        control_detach(m);
         unsigned dropped = accept_drop_pending(m);
         if (dropped > 0)
                 log_info("closed %u connections that were waiting for a PROXY header or a free slot", dropped);
@@ -216,6 +217,14 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         return sd_event_add_time_relative(m->event, &m->shutdown_timer, CLOCK_MONOTONIC,
                                           (uint64_t) m->config->shutdown_timeout * USEC_PER_SEC, 0,
                                           on_shutdown_timeout, m);
+}
+
+/* --- status ---------------------------------------------------------------------------------- */
+
+/* SIGUSR1: the full status into the log (xinetd's habit, without its dump file). */
+static int on_status_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        status_log(userdata);
+        return 0;
 }
 
 /* --- reload -------------------------------------------------------------------------------- */
@@ -306,6 +315,8 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
                 if (r < 0)
                         log_error_errno(r, "Failed to apply access lists and rates");
                 config_free(old);
+                m->reloads++;
+                m->loaded_realtime = clock_usec(CLOCK_REALTIME);
                 log_full(LOG_INFO, 0, MESSAGE_ID_RELOADED, "reloaded configuration from %s", c->path);
         }
         format_status(m, m->last_status, sizeof(m->last_status));
@@ -315,12 +326,18 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
 
 /* --- setup --------------------------------------------------------------------------------- */
 
-int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool activated, Manager **ret) {
+int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool activated, int control_fd,
+                Manager **ret) {
         Manager *m = calloc(1, sizeof(Manager));
         int r;
 
-        if (!m)
+        if (!m) {
+                safe_close(control_fd);
                 return -ENOMEM;
+        }
+        m->control_fd = control_fd;
+        m->started_realtime = m->loaded_realtime = clock_usec(CLOCK_REALTIME);
+        m->started_monotonic = now_usec();
         m->config = config;
         m->activated = activated;
         m->listeners = calloc(MAX(n_listeners, 1), sizeof(Listener *));
@@ -350,6 +367,7 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
         close_listeners(m);
+        control_detach(m);
         free(m->listeners);
         accept_drop_pending(m);
         sd_event_source_unref(m->refusal_timer);
@@ -377,6 +395,7 @@ int manager_run(Manager *m, void (*ready)(void)) {
         sigaddset(&mask, SIGHUP);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGUSR1);
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return log_error_errno(errno, "Failed to block signals");
 
@@ -384,7 +403,8 @@ int manager_run(Manager *m, void (*ready)(void)) {
         if ((r = sd_event_add_signal(m->event, &sigchld, SIGCHLD, on_sigchld, m)) < 0 ||
             (r = sd_event_add_signal(m->event, NULL, SIGHUP, on_reload_signal, m)) < 0 ||
             (r = sd_event_add_signal(m->event, NULL, SIGTERM, on_stop_signal, m)) < 0 ||
-            (r = sd_event_add_signal(m->event, NULL, SIGINT, on_stop_signal, m)) < 0)
+            (r = sd_event_add_signal(m->event, NULL, SIGINT, on_stop_signal, m)) < 0 ||
+            (r = sd_event_add_signal(m->event, NULL, SIGUSR1, on_status_signal, m)) < 0)
                 return log_error_errno(r, "Failed to set up signal handling");
         /* reaping goes before accepting, so freed slots are seen by the next admission */
         (void) sd_event_source_set_priority(sigchld, SD_EVENT_PRIORITY_IMPORTANT);
@@ -393,6 +413,9 @@ int manager_run(Manager *m, void (*ready)(void)) {
         r = attach_listeners(m);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch listeners");
+        r = control_attach(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch the control socket");
         r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, STATUS_INTERVAL_USEC,
                                        USEC_PER_SEC / 10, on_status_timer, m);
         if (r < 0)

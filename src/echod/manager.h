@@ -6,8 +6,9 @@
 
 typedef struct Manager Manager;
 
-/* Takes ownership of config and listeners (listeners[] itself is copied). */
-int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool activated, Manager **ret);
+/* Takes ownership of config, listeners (listeners[] itself is copied) and control_fd (-1: none). */
+int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool activated, int control_fd,
+                Manager **ret);
 Manager *manager_free(Manager *m);
 
 /* Run until stopped. Calls ready() once every listener is live. Returns 0 or -errno. */
