@@ -36,20 +36,29 @@ def workdir():
 
 
 @pytest.fixture(scope="session")
-def packages(workdir):
+def source(workdir):
+    """One snapshot of the source tree, so that every build of a session is of the same
+    source even while the tree is being edited."""
+    d = os.path.join(workdir, "source")
+    systest.copy_source(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def packages(workdir, source):
     """The .changes of a normal build (the package's unit tests included) and its .debs."""
     d = os.path.join(workdir, "pkg")
     os.makedirs(d)
-    changes = skip_on(systest.build_debs, d, log=os.path.join(workdir, "dpkg-buildpackage.log"))
+    changes = skip_on(systest.build_debs, d, source, log=os.path.join(workdir, "dpkg-buildpackage.log"))
     return {"changes": changes, "debs": systest.debs_of(changes)}
 
 
 @pytest.fixture(scope="session")
-def upgrade_packages(workdir):
+def upgrade_packages(workdir, source):
     """The same source as a higher version, for an upgrade."""
     d = os.path.join(workdir, "pkg-upgrade")
     os.makedirs(d)
-    changes = skip_on(systest.build_debs, d, version="0.1.0+systest1", check=False)
+    changes = skip_on(systest.build_debs, d, source, version="0.1.0+systest1", check=False)
     return {"changes": changes, "debs": systest.debs_of(changes)}
 
 

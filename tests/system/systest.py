@@ -83,16 +83,16 @@ def copy_source(dest):
         shutil.copy2(os.path.join(ROOT, f), os.path.join(dest, f), follow_symlinks=False)
 
 
-def build_debs(workdir, version=None, log=None, check=True):
-    """dpkg-buildpackage -us -uc -b on a copy of the source tree (it writes to the parent
-    directory). With version, a changelog entry for it is added first (an upgrade to test);
+def build_debs(workdir, source, version=None, log=None, check=True):
+    """dpkg-buildpackage -us -uc -b on a copy of source, a snapshot made by copy_source()
+    (dpkg-buildpackage writes to the parent directory). With version, a changelog entry for it is added first (an upgrade to test);
     check=False skips the package's own unit tests (DEB_BUILD_OPTIONS=nocheck).
     Returns the path of the .changes file."""
     for tool in ("dpkg-buildpackage", "dh"):
         if not shutil.which(tool):
             raise Skip(f"{tool} not installed (dpkg-dev, debhelper)")
     src = os.path.join(workdir, "echod")
-    copy_source(src)
+    shutil.copytree(source, src, symlinks=True)
     if version:
         with open(os.path.join(src, "debian", "changelog")) as f:
             old = f.read()

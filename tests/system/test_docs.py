@@ -69,11 +69,11 @@ def test_echod_conf_5_documents_every_key_with_type_default_and_reload():
     assert not missing, f"keys printed by 'echod -T' but not documented in echod.conf(5): {missing}"
 
 
-def test_echod_8_documents_every_option_and_exit_status():
+def test_echod_8_documents_every_option_command_and_exit_status():
     text = render("echod.8")
     help_text = run([ECHOD, "-h"], timeout=10).stdout
-    options = re.findall(r"^  (-\w)\b", help_text, re.M)
-    assert options
+    options = re.findall(r"^  (-\w|[a-z]+)\s", help_text, re.M)  # options and commands
+    assert "-f" in options, help_text
     for opt in options:
         assert re.search(rf"^ {{7}}{opt}\b", text, re.M), f"echod(8) does not document {opt}"
     section = text.split("EXIT STATUS", 1)[1].split("EXAMPLES", 1)[0]

@@ -272,6 +272,26 @@ def test_master_and_child_run_unprivileged_with_only_the_units_capability(servic
         s.close()
 
 
+def test_echod_status_answers_on_the_control_socket_in_the_runtime_directory(service):
+    c = service
+    main_pid = c.show("echod.service", "MainPID")
+    s = held_connection()
+    try:
+        report = json.loads(c.sh("echod status --json").stdout)
+        assert report["pid"] == int(main_pid)
+        assert sorted((l["address"], l["port"], l["socket"]) for l in report["listeners"]) == \
+            [("0.0.0.0", 7, "bound"), ("::", 7, "bound")]
+        local = "127.0.0.1:%d" % s.getsockname()[1]
+        assert local in [conn["peer"] for conn in report["connections"]], report["connections"]
+        text = c.sh("echod status").stdout
+        assert local in text, text
+    finally:
+        s.close()
+    # owned by the service's dynamic user, accessible to it (and root) only
+    st = c.sh("stat -c '%U %a' /run/echod/control").stdout.split()
+    assert st[1] == "600" and st[0] != "root", st
+
+
 def test_installed_units_verify_clean_and_score_at_most_2_0(service):
     c = service
     r = c.sh("systemd-analyze verify --man=no echod.service echod.socket 2>&1", check=False)
