@@ -189,6 +189,9 @@ def cached_root(packages):
         open(os.path.join(tmp, ".complete"), "w").close()
         shutil.rmtree(root, ignore_errors=True)
         os.rename(tmp, root)
+        for old in glob.glob(os.path.join(cache, f"{SUITE}-*")):  # roots for other package lists
+            if old != root:
+                shutil.rmtree(old, ignore_errors=True)
     return root
 
 
