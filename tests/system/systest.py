@@ -212,7 +212,9 @@ class Container:
         self.log = os.path.join(workdir, "nspawn.log")
         self.proc = None
         self.init_pid = None
-        run(["cp", "-a", "--reflink=auto", cache_root, self.dir], timeout=300)
+        with open(os.path.join(os.path.dirname(cache_root), "lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)  # not pruned by another run while we copy
+            run(["cp", "-a", "--reflink=auto", cache_root, self.dir], timeout=300)
         os.unlink(os.path.join(self.dir, ".complete"))
 
     # -- lifecycle
