@@ -247,15 +247,17 @@ int main(int argc, char *argv[], char *envp[]) {
         if (drop_privileges(config) < 0)
                 goto fail;
 
+        /* the manager owns config, listeners and control_fd from here, even if it fails */
         r = manager_new(config, listeners, n_listeners, activated, control_fd, &m);
         control_fd = -1;
+        config = NULL;
+        n_listeners = 0;
+        free(listeners);
+        listeners = NULL;
         if (r < 0) {
                 log_error_errno(r, "Failed to set up");
                 goto fail;
         }
-        config = NULL;
-        free(listeners);
-        listeners = NULL;
 
         r = manager_run(m, daemon_ready);
         manager_free(m);

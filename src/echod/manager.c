@@ -333,6 +333,9 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
 
         if (!m) {
                 safe_close(control_fd);
+                for (unsigned i = 0; i < n_listeners; i++)
+                        listener_free(listeners[i]);
+                config_free(config);
                 return -ENOMEM;
         }
         m->control_fd = control_fd;
@@ -342,6 +345,8 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
         m->activated = activated;
         m->listeners = calloc(MAX(n_listeners, 1), sizeof(Listener *));
         if (!m->listeners) {
+                for (unsigned i = 0; i < n_listeners; i++)
+                        listener_free(listeners[i]);
                 manager_free(m);
                 return -ENOMEM;
         }

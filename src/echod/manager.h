@@ -6,7 +6,8 @@
 
 typedef struct Manager Manager;
 
-/* Takes ownership of config, listeners (listeners[] itself is copied) and control_fd (-1: none). */
+/* Takes ownership of config, listeners (listeners[] itself is copied) and control_fd (-1: none),
+ * also when it fails: they are freed then. */
 int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool activated, int control_fd,
                 Manager **ret);
 Manager *manager_free(Manager *m);

@@ -1,5 +1,5 @@
 /* The child's sandbox: a seccomp allow-list compiled once in the master, resource limits and
- * no_new_privs applied in each child before it touches peer data.
+ * no_new_privs applied in each child before it touches peer data, and no capabilities at all.
  *
  * Why libseccomp: it resolves syscall numbers per architecture and emits correct BPF with
  * the architecture check; hand-written BPF is where sandboxes get subtle bugs. It runs only in
@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <seccomp.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "shared/io.h"
@@ -155,6 +157,13 @@ int sandbox_enter(const Sandbox *s) {
                 if (setrlimit(limits[i].resource, &rl) < 0)
                         return negative_errno();
         }
+        /* whatever the master holds (CAP_NET_BIND_SERVICE from the unit), a child needs none:
+         * empty the ambient, inheritable, permitted and effective sets (no privilege needed) */
+        struct __user_cap_header_struct head = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = { { 0, 0, 0 } };
+        (void) prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        if (syscall(SYS_capset, &head, none) < 0)
+                return negative_errno();
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
                 return negative_errno();
         if (s->filter && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &s->prog, 0, 0) < 0)

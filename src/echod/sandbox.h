@@ -13,7 +13,7 @@ int sandbox_new(bool enabled, Sandbox **ret);
 Sandbox *sandbox_free(Sandbox *s);
 
 /* In the child, after its fds are set up: rlimits (no forks, few fds, no core dumps),
- * oom_score_adj above the master's, no_new_privs, then the prepared filter (one prctl, no
+ * oom_score_adj above the master's, every capability dropped, no_new_privs, then the prepared filter (one prctl, no
  * compilation). From here on a forbidden syscall kills this child only (SIGSYS).
  * Returns 0 or -errno; the child must not go on if this fails. */
 int sandbox_enter(const Sandbox *s);

@@ -91,3 +91,18 @@ def test_forbidden_syscall_kills_only_that_child(echod_factory, sandbox):
         assert ping(s)
     other.close()
     victim.close()
+
+
+def test_child_of_a_privileged_master_has_no_capabilities(echod_factory):
+    """Whatever the master holds (root here; CAP_NET_BIND_SERVICE under the unit), a child
+    drops every capability set."""
+    if os.geteuid() != 0:
+        pytest.skip("needs a master with capabilities")
+    e = echod_factory(user='""')
+    assert int(proc_status(e.proc.pid)["CapEff"], 16) != 0
+    s, child = one_child(e)
+    st = proc_status(child)
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(st[cap], 16) == 0, (cap, st[cap])
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+    s.close()
