@@ -96,8 +96,11 @@ class Echod:
         self.check_exit = True
 
     def write_config(self, conf):
-        with open(self.conf_path, "w") as f:
+        """Atomically, as editors do: a reader never sees half a file."""
+        tmp = self.conf_path + ".new"
+        with open(tmp, "w") as f:
             f.write(conf)
+        os.replace(tmp, self.conf_path)
 
     def start(self, ready=True, listen_sock=None):
         """listen_sock: a listening socket the test owns, passed as fd 3 with LISTEN_FDS=1
