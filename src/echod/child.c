@@ -36,8 +36,9 @@ _Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const
                         _exit(WORKER_SETUP_FAILED);
                 fd = 3;
         }
-        if (close_range(4, ~0U, 0) < 0)
-                _exit(WORKER_SETUP_FAILED);
+        /* glibc's closefrom(): close_range(2), falling back to /proc/self/fd where that is refused
+         * (old kernels, valgrind) */
+        closefrom(4);
 
         setproctitle("%s", ipaddr_format_endpoint(peer, title));
 

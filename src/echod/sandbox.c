@@ -152,11 +152,6 @@ int sandbox_enter(const Sandbox *s) {
         }
         if (dumpable == 0)
                 (void) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-        for (size_t i = 0; i < ELEMENTSOF(limits); i++) {
-                struct rlimit rl = { limits[i].limit, limits[i].limit };
-                if (setrlimit(limits[i].resource, &rl) < 0)
-                        return negative_errno();
-        }
         /* whatever the master holds (CAP_NET_BIND_SERVICE from the unit), a child needs none:
          * empty the ambient, inheritable, permitted and effective sets (no privilege needed) */
         struct __user_cap_header_struct head = { .version = _LINUX_CAPABILITY_VERSION_3 };
@@ -164,9 +159,18 @@ int sandbox_enter(const Sandbox *s) {
         (void) prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
         if (syscall(SYS_capset, &head, none) < 0)
                 return negative_errno();
+        if (!s->filter)
+                return 0; /* sandbox = false: debugging with gdb, strace or valgrind */
+
+        /* a limit that cannot be set is a sandbox that is not there: fail closed */
+        for (size_t i = 0; i < ELEMENTSOF(limits); i++) {
+                struct rlimit rl = { limits[i].limit, limits[i].limit };
+                if (setrlimit(limits[i].resource, &rl) < 0)
+                        return negative_errno();
+        }
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
                 return negative_errno();
-        if (s->filter && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &s->prog, 0, 0) < 0)
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &s->prog, 0, 0) < 0)
                 return negative_errno();
         return 0;
 }

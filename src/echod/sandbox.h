@@ -7,7 +7,8 @@
 typedef struct Sandbox Sandbox;
 
 /* In the master, once: compile the seccomp filter (libseccomp) to BPF kept in memory.
- * enabled = false gives a sandbox that only does the cheap parts (rlimits, oom_score_adj).
+ * enabled = false (for debugging with gdb, strace, valgrind) leaves out the filter, no_new_privs
+ * and the resource limits; capabilities are dropped and oom_score_adj raised all the same.
  * Returns 0 or -errno. */
 int sandbox_new(bool enabled, Sandbox **ret);
 Sandbox *sandbox_free(Sandbox *s);
