@@ -56,8 +56,19 @@ void config_text_strip_comments(char *s) {
         char prev = '\n';
 
         for (char *p = s; *p; p++) {
+                /* libconfuse's "${VAR}" (unquoted or in "...") runs to the next '}', across quotes, '#'
+                 * and newlines: nothing inside it starts a comment or ends a string */
+                if (quote != '\'' && p[0] == '$' && p[1] == '{') {
+                        char *end = strchr(p + 2, '}');
+                        if (end) {
+                                p = end;
+                                prev = *p;
+                                continue;
+                        }
+                }
                 if (quote) {
-                        if (*p == '\\' && p[1] && quote == '"')
+                        /* libconfuse's escapes: a backslash and any character in "...", only \' and \\ in '...' */
+                        if (*p == '\\' && p[1] && (quote == '"' || p[1] == '\'' || p[1] == '\\'))
                                 p++;
                         else if (*p == quote)
                                 quote = 0;

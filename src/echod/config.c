@@ -496,12 +496,19 @@ fail:
         return r;
 }
 
+/* A double-quoted string that libconfuse reads back as s: '"' and '\' escaped, and '$' too
+ * (libconfuse expands "${VAR}" inside double quotes; "\$" is a literal '$'); control characters
+ * as \xHH, so the dump is one line per key. */
 static void dump_string(FILE *f, const char *s) {
         fputc('"', f);
         for (; *s; s++) {
-                if (*s == '"' || *s == '\\')
-                        fputc('\\', f);
-                fputc(*s, f);
+                unsigned char ch = (unsigned char) *s;
+                if (ch == '"' || ch == '\\' || ch == '$')
+                        fprintf(f, "\\%c", ch);
+                else if (ch < 0x20 || ch == 0x7f)
+                        fprintf(f, "\\x%02x", ch);
+                else
+                        fputc(ch, f);
         }
         fputc('"', f);
 }
