@@ -288,3 +288,85 @@ def echo_roundtrip(sock, data, chunk=65536):
         got += b
     t.join()
     return bytes(got)
+
+
+def connect_from(addr, source_ip, timeout=10.0):
+    """A connection from a chosen loopback source (127.0.0.2, 127.0.0.3, ... are all ours)."""
+    s = socket.socket(socket.AF_INET6 if ":" in source_ip else socket.AF_INET)
+    s.settimeout(timeout)
+    s.bind((source_ip, 0))
+    s.connect(addr)
+    return s
+
+
+def ping(s, data=b"ping"):
+    """Send data, read it back; True if it came back intact."""
+    s.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        b = s.recv(65536)
+        assert b, "connection closed while echoing"
+        got += b
+    return got == data
+
+
+def refused(s):
+    """A refused connection is accepted and closed at once: we read EOF (or a reset), never an echo."""
+    try:
+        s.sendall(b"anyone?")
+        return s.recv(100) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def wait_admitted(addr, source="127.0.0.1", deadline=3.0):
+    """Retry until a connection is admitted (echoes); returns the seconds it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline:
+        s = connect_from(addr, source)
+        try:
+            if not refused(s):
+                return time.monotonic() - t0
+        finally:
+            s.close()
+    raise AssertionError(f"not admitted within {deadline} s")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ContinuousClients:
+    """Threads that connect, echo a few bytes and close, over and over, recording every
+    failure; use as a context manager around whatever should not disturb them."""
+
+    def __init__(self, endpoint, threads=4, payload=b"continuous"):
+        import threading
+        self.endpoint, self.payload = endpoint, payload
+        self.ok, self.failed = 0, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                with connect(self.endpoint, timeout=5) as s:
+                    if echo_roundtrip(s, self.payload) != self.payload:
+                        self.failed.append("refused or short echo")
+                        continue
+                self.ok += 1
+            except Exception as ex:  # noqa: BLE001 - every failure is recorded
+                self.failed.append(repr(ex))
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)

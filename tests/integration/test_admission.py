@@ -7,21 +7,10 @@ import subprocess
 import threading
 import time
 
-from conftest import ECHOC, base_config, connect, echo_roundtrip
-from test_limits import connect_from, cpu_seconds, ping, refused
+from conftest import (ECHOC, base_config, connect, connect_from, cpu_seconds, echo_roundtrip, ping, refused,
+                      wait_admitted)
 
 
-def wait_admitted(addr, source="127.0.0.1", deadline=3.0):
-    """Retry until a connection is admitted (echoes); returns the seconds it took."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < deadline:
-        s = connect_from(addr, source)
-        try:
-            if not refused(s):  # refused() sends b"anyone?" and expects EOF; an echo means admitted
-                return time.monotonic() - t0
-        finally:
-            s.close()
-    raise AssertionError(f"not admitted within {deadline} s")
 
 
 def test_connection_rate_triggers_and_recovers(echod_factory):

@@ -1,7 +1,6 @@
 """echoc ping mode: random probes verified and timed, ping-style lines and summary, Ctrl-C,
 --connect, JSON and Nagios output, against echod and the broken servers."""
 import json
-import math
 import os
 import re
 import signal

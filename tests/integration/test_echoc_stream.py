@@ -1,6 +1,5 @@
 """echoc stream mode (the default) and its command line: every byte verified, exit codes
 0 intact / 1 mismatch or short / 2 usage or connection error, each with a clear message."""
-import hashlib
 import json
 import os
 import socket

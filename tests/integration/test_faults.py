@@ -14,9 +14,7 @@ import time
 
 import pytest
 
-from conftest import ECHOC, ECHOD, base_config, connect, echo_roundtrip
-from test_admission import wait_admitted
-from test_limits import cpu_seconds, ping
+from conftest import ECHOC, ECHOD, ContinuousClients, base_config, connect, cpu_seconds, ping, wait_admitted
 
 
 def status_json(e):
@@ -104,35 +102,16 @@ def test_kill9_children_while_others_stream(echod_factory):
 def test_sighup_storm_while_clients_connect(echod_factory):
     """50 SIGHUPs in 5 s while clients connect continuously: 0 failed, 0 refused."""
     e = echod_factory(max_connections=100, max_per_source=0)
-    stop = threading.Event()
-    results = {"ok": 0, "failed": []}
-
-    def client():
-        while not stop.is_set():
-            try:
-                with connect(e.endpoint(), timeout=5) as s:
-                    if echo_roundtrip(s, b"storm") != b"storm":
-                        results["failed"].append("refused or short")
-                        continue
-                results["ok"] += 1
-            except Exception as ex:  # noqa: BLE001
-                results["failed"].append(repr(ex))
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    t0 = time.monotonic()
-    for i in range(50):
-        e.write_config(base_config(max_connections=100 + i % 7, max_per_source=0))
-        e.reload()
-        pace = t0 + (i + 1) * 0.1 - time.monotonic()  # one every 100 ms
-        if pace > 0:
-            time.sleep(pace)
-    stop.set()
-    for t in threads:
-        t.join(10)
-    assert results["failed"] == []
-    assert results["ok"] > 100
+    with ContinuousClients(e.endpoint()) as clients:
+        t0 = time.monotonic()
+        for i in range(50):
+            e.write_config(base_config(max_connections=100 + i % 7, max_per_source=0))
+            e.reload()
+            pace = t0 + (i + 1) * 0.1 - time.monotonic()  # one every 100 ms
+            if pace > 0:
+                time.sleep(pace)
+    assert clients.failed == []
+    assert clients.ok > 100
     assert len(e.wait_log(r"reloaded configuration from", count=50)) == 50
     assert "refused" not in e.log()
 
@@ -287,4 +266,4 @@ def test_network_chaos_every_byte_verified(echod_factory, chaos_net):
         out, err = p.communicate(data, timeout=240)
         outs.append((p.returncode, out == data, err[-300:]))
     assert all(rc == 0 and same for rc, same, _ in outs), outs
-    e.wait_log(rf"closed: clean, (\d+) bytes in, \1 bytes out", count=sessions)
+    e.wait_log(r"closed: clean, (\d+) bytes in, \1 bytes out", count=sessions)

@@ -2,40 +2,17 @@
 accept back-off when the master runs out of file descriptors."""
 import os
 import re
-import socket
 import subprocess
 import time
 
-import pytest
 
-from conftest import connect, echo_roundtrip
-
-
-def connect_from(addr, source_ip):
-    s = socket.socket()
-    s.settimeout(10)
-    s.bind((source_ip, 0))
-    s.connect(addr)
-    return s
+from conftest import connect, connect_from, cpu_seconds, echo_roundtrip, ping, refused
 
 
-def ping(s, data=b"ping"):
-    s.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        b = s.recv(65536)
-        assert b, "connection closed while echoing"
-        got += b
-    return got == data
 
 
-def refused(s):
-    """A refused connection is accepted and closed at once: we read EOF (or a reset)."""
-    try:
-        s.sendall(b"anyone?")
-        return s.recv(100) == b""
-    except (ConnectionResetError, BrokenPipeError):
-        return True
+
+
 
 
 def test_max_connections(echod_factory):
@@ -134,10 +111,6 @@ def test_active_connection_is_not_idle(echod_factory):
     assert "idle-timeout" not in e.log()
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_emfile_backs_off_and_recovers(echod_factory):

@@ -1,11 +1,9 @@
 """SIGHUP reload: parse, validate, swap only on success; listeners diffed without a closed window;
 running connections untouched."""
 import socket
-import threading
 import time
 
-from conftest import base_config, connect, echo_roundtrip
-from test_limits import ping, refused
+from conftest import ContinuousClients, base_config, connect, echo_roundtrip, ping, refused
 
 
 def test_reload_changes_limit_and_keeps_connections(echod_factory):
@@ -95,30 +93,13 @@ def test_reload_with_unbindable_address_keeps_old_config(echod_factory):
 def test_no_refused_connect_during_reloads(echod_factory):
     """Clients connect continuously while we reload back to back for 1.5 s: none fails."""
     e = echod_factory(max_connections=100, max_per_source=0)
-    stop = threading.Event()
-    results = {"ok": 0, "failed": []}
-
-    def client():
-        while not stop.is_set():
-            try:
-                with connect(e.endpoint(), timeout=5) as s:
-                    assert echo_roundtrip(s, b"during reload") == b"during reload"
-                results["ok"] += 1
-            except Exception as ex:  # noqa: BLE001 - every failure is recorded
-                results["failed"].append(repr(ex))
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    reloads = 0
-    t0 = time.monotonic()
-    while reloads < 10 or time.monotonic() - t0 < 1.5:
-        e.write_config(base_config(max_connections=100 + reloads % 50, max_per_source=0))
-        e.reload()
-        reloads += 1
-    stop.set()
-    for t in threads:
-        t.join(10)
-    assert results["failed"] == []
-    assert results["ok"] > 100
+    with ContinuousClients(e.endpoint()) as clients:
+        reloads = 0
+        t0 = time.monotonic()
+        while reloads < 10 or time.monotonic() - t0 < 1.5:
+            e.write_config(base_config(max_connections=100 + reloads % 50, max_per_source=0))
+            e.reload()
+            reloads += 1
+    assert clients.failed == []
+    assert clients.ok > 100
     assert len(e.wait_log(r"reloaded configuration from", count=reloads)) == reloads

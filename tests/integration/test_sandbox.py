@@ -1,14 +1,12 @@
 """The children's sandbox, read from /proc of real children: uid/gid, no groups, no
 capabilities, no_new_privs, seccomp filter mode, resource limits, oom_score_adj; and a forbidden
 system call, injected into a live child with gdb, kills that child only."""
-import grp
 import os
 import pwd
 import pytest
 
 import syscall_inject
-from conftest import connect
-from test_limits import ping
+from conftest import connect, ping
 
 
 def proc_status(pid):

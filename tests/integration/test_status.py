@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from conftest import ECHOD, connect
-from test_limits import connect_from, ping, refused
+from conftest import ECHOD, connect, connect_from, ping, refused
 
 
 def status(e, *args):
