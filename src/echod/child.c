@@ -13,17 +13,12 @@ static void on_sigterm(int sig) {
 }
 
 _Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer, const Sandbox *sb) {
-        struct sigaction sa = { .sa_handler = SIG_DFL };
+        struct sigaction sa = { .sa_handler = on_sigterm };
         sigset_t block, during_poll;
         char title[IPADDR_STR_MAX];
 
-        /* dispositions: default for all, ignore SIGPIPE, SIGTERM requests a drain */
-        for (int sig = 1; sig < NSIG; sig++)
-                if (sig != SIGKILL && sig != SIGSTOP)
-                        (void) sigaction(sig, &sa, NULL);
-        sa.sa_handler = SIG_IGN;
-        (void) sigaction(SIGPIPE, &sa, NULL);
-        sa.sa_handler = on_sigterm;
+        /* dispositions were reset once in main() (all default, SIGPIPE ignored) and the master
+         * installs no handler, so only SIGTERM changes: it requests a drain */
         (void) sigaction(SIGTERM, &sa, NULL);
         sigemptyset(&block);
         sigaddset(&block, SIGTERM);

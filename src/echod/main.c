@@ -1,6 +1,7 @@
 /* echod: command line (sshd conventions), startup order, daemonising, privilege drop. */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,18 @@ static int drop_privileges(const Config *c) {
         return 0;
 }
 
+/* Start from known dispositions, once, so no child has to reset 64 of them: all default, but
+ * SIGPIPE ignored (a closed peer or log pipe is EPIPE, never death). */
+static void reset_signals(void) {
+        struct sigaction sa = { .sa_handler = SIG_DFL };
+
+        for (int sig = 1; sig < NSIG; sig++)
+                if (sig != SIGKILL && sig != SIGSTOP)
+                        (void) sigaction(sig, &sa, NULL);
+        sa.sa_handler = SIG_IGN;
+        (void) sigaction(SIGPIPE, &sa, NULL);
+}
+
 int main(int argc, char *argv[], char *envp[]) {
         _cleanup_(freep) char *error = NULL;
         Listener **listeners = NULL;
@@ -161,6 +174,7 @@ int main(int argc, char *argv[], char *envp[]) {
         int control_fd = -1, r;
 
         setproctitle_init(argc, argv, envp);
+        reset_signals();
         if (parse_argv(argc, argv) < 0)
                 return EXIT_USAGE;
         if (!arg_foreground && !arg_test && !arg_dump)
