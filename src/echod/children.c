@@ -11,6 +11,7 @@
 
 #include "shared/hashmap.h"
 #include "shared/macro.h"
+#include "shared/mem.h"
 
 struct ChildTable {
         SlotShared *shared; /* SLOTS_MAX entries, MAP_SHARED */
@@ -34,8 +35,9 @@ int child_table_new(ChildTable **ret) {
                 child_table_free(t);
                 return -ENOMEM;
         }
-        t->children = calloc(SLOTS_MAX, sizeof(Child));
-        t->free_stack = calloc(SLOTS_MAX, sizeof(int32_t));
+        /* the master's own bookkeeping: not inherited, so fork() neither copies nor COW-faults it */
+        t->children = mem_alloc_unshared(SLOTS_MAX * sizeof(Child));
+        t->free_stack = mem_alloc_unshared(SLOTS_MAX * sizeof(int32_t));
         t->by_pid = hashmap_new(sizeof(pid_t), SLOTS_MAX * 2);
         if (!t->children || !t->free_stack || !t->by_pid) {
                 child_table_free(t);
@@ -50,8 +52,8 @@ ChildTable *child_table_free(ChildTable *t) {
                 return NULL;
         if (t->shared)
                 munmap(t->shared, sizeof(SlotShared) * SLOTS_MAX);
-        free(t->children);
-        free(t->free_stack);
+        mem_free_unshared(t->children, SLOTS_MAX * sizeof(Child));
+        mem_free_unshared(t->free_stack, SLOTS_MAX * sizeof(int32_t));
         hashmap_free(t->by_pid);
         free(t);
         return NULL;

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shared/mem.h"
+
 struct HashMap {
         size_t key_size;
         size_t mask; /* capacity - 1 */
@@ -28,9 +30,9 @@ HashMap *hashmap_new(size_t key_size, size_t capacity) {
         m->key_size = key_size;
         m->mask = cap - 1;
         arc4random_buf(&m->seed, sizeof(m->seed));
-        m->used = calloc(cap, 1);
-        m->keys = calloc(cap, key_size);
-        m->values = calloc(cap, sizeof(int32_t));
+        m->used = mem_alloc_unshared(cap);
+        m->keys = mem_alloc_unshared(cap * key_size);
+        m->values = mem_alloc_unshared(cap * sizeof(int32_t));
         if (!m->used || !m->keys || !m->values)
                 return hashmap_free(m);
         return m;
@@ -38,9 +40,10 @@ HashMap *hashmap_new(size_t key_size, size_t capacity) {
 
 HashMap *hashmap_free(HashMap *m) {
         if (m) {
-                free(m->used);
-                free(m->keys);
-                free(m->values);
+                size_t cap = m->mask + 1;
+                mem_free_unshared(m->used, cap);
+                mem_free_unshared(m->keys, cap * m->key_size);
+                mem_free_unshared(m->values, cap * sizeof(int32_t));
                 free(m);
         }
         return NULL;

@@ -7,8 +7,10 @@
 
 typedef struct HashMap HashMap;
 
-/* capacity is rounded up to a power of two; at most 3/4 of it may be filled. Memory is
- * calloc'd, so pages that were never used cost nothing. Returns NULL on ENOMEM. */
+/* capacity is rounded up to a power of two; at most 3/4 of it may be filled. The table is
+ * mem_alloc_unshared(): pages never used cost nothing, and fork() children do not inherit it
+ * (every map is the master's bookkeeping; a fork does not copy it, nor COW-fault it after).
+ * Returns NULL on ENOMEM. */
 HashMap *hashmap_new(size_t key_size, size_t capacity);
 HashMap *hashmap_free(HashMap *m);
 
