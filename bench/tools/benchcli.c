@@ -4,10 +4,11 @@
  *                                     reading the echo, verify every byte, half-close, expect
  *                                     EOF; prints "bytes seconds" (exit 1 on any mismatch)
  *   benchcli hold HOST PORT N         open N connections, echo 64 bytes on each (verified),
- *                                     print "held N" and wait for a line on stdin; then echo
+ *                                     print "held N" (stopping at the first connection that
+ *                                     gets no echo) and wait for a line on stdin; then echo
  *                                     64 more bytes on every one, print "echoed K of N", close
  *
- * Loopback benchmarking only; bounded by its arguments and a 60 s timeout per wait. */
+ * Loopback benchmarking only; bounded by its arguments and a 10 s timeout per wait. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,7 +26,7 @@
 
 #define CHUNK (256 * 1024)
 #define PATTERN (1024 * 1024) /* the stream repeats a 1 MiB random block at shifting offsets */
-#define WAIT_MS 60000
+#define WAIT_MS 10000
 
 static struct sockaddr_in addr;
 
@@ -163,14 +164,17 @@ static int do_hold(unsigned n) {
                 perror("benchcli: RLIMIT_NOFILE");
                 return 2;
         }
+        for (unsigned i = 0; i < n; i++)
+                fds[i] = -1;
         for (unsigned i = 0; i < n; i++) {
                 fds[i] = connect_to();
                 if (fds[i] < 0 || echo_once(fds[i], i) < 0) {
+                        /* the server serves no more: stop here rather than wait for each */
                         fprintf(stderr, "benchcli: connection %u: %s\n", i, fds[i] < 0 ? strerror(errno) : "no echo");
                         if (fds[i] >= 0)
                                 close(fds[i]);
                         fds[i] = -1;
-                        continue;
+                        break;
                 }
                 held++;
         }
