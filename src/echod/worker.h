@@ -31,8 +31,6 @@ typedef struct WorkerParams {
 
 /* The echo loop on a connected socket. Returns a WorkerExit. stop is polled; poll_mask, if not
  * NULL, is the signal mask during ppoll (so a blocked SIGTERM can interrupt it race-free).
- * slot may be NULL (no accounting). SIGPIPE must be ignored: the echo is splice()d, and splice
- * has no MSG_NOSIGNAL. Data is spliced through a pipe made at the first data, or read/written
- * through a static buffer where that cannot be done. */
+ * slot may be NULL (no accounting). */
 int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_atomic_t *stop,
                 const sigset_t *poll_mask);

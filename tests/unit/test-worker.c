@@ -1,5 +1,5 @@
-/* Unit tests: the worker's echo loop over a socketpair — large binary data, half-close (spliced,
- * and by read/write when no pipe can be made), idle timeout, peer reset, drain on stop. The worker runs in a forked child, as in echod. */
+/* Unit tests: the worker's echo loop over a socketpair — large binary data, half-close, idle
+ * timeout, peer reset, drain on stop. The worker runs in a forked child, as in echod. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,7 +20,6 @@
 #include "shared/timeutil.h"
 
 static volatile sig_atomic_t stop_flag;
-static bool no_spare_fds; /* the worker cannot make its splice pipe: read/write fallback */
 static void on_term(int sig) {
         stop_flag = 1;
 }
@@ -39,15 +37,10 @@ static int spawn_worker(unsigned idle, SlotShared *slot, pid_t *ret_pid) {
                 struct sigaction sa = { .sa_handler = on_term };
                 close(sv[0]);
                 sigaction(SIGTERM, &sa, NULL);
-                signal(SIGPIPE, SIG_IGN); /* as child.c: splice() has no MSG_NOSIGNAL */
                 sigemptyset(&block);
                 sigaddset(&block, SIGTERM);
                 sigprocmask(SIG_BLOCK, &block, NULL);
                 sigemptyset(&none);
-                if (no_spare_fds) {
-                        struct rlimit rl = { 3, 3 }; /* stdio is open: pipe2() gets EMFILE */
-                        assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
-                }
                 _exit(worker_echo(sv[1], slot, &p, &stop_flag, &none));
         }
         close(sv[1]);
@@ -62,7 +55,7 @@ static int wait_exit(pid_t pid) {
         return WEXITSTATUS(status);
 }
 
-static void echo_half_close(void) {
+static void test_echo_half_close(void **state) {
         const size_t len = 8 * 1024 * 1024;
         uint8_t *data = malloc(len), *back = malloc(len);
         pid_t pid, writer;
@@ -84,16 +77,6 @@ static void echo_half_close(void) {
         close(fd);
         free(data);
         free(back);
-}
-
-static void test_echo_half_close(void **state) {
-        echo_half_close(); /* spliced through a pipe */
-}
-
-static void test_echo_fallback(void **state) {
-        no_spare_fds = true; /* no pipe: the same echo by read/write */
-        echo_half_close();
-        no_spare_fds = false;
 }
 
 static void test_zero_bytes(void **state) {
@@ -181,7 +164,7 @@ int main(void) {
                 cmocka_unit_test(test_echo_half_close), cmocka_unit_test(test_zero_bytes),
                 cmocka_unit_test(test_idle_timeout),    cmocka_unit_test(test_stop_drains),
                 cmocka_unit_test(test_accounting),      cmocka_unit_test(test_peer_gone),
-                cmocka_unit_test(test_exit_reasons),    cmocka_unit_test(test_echo_fallback),
+                cmocka_unit_test(test_exit_reasons),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
