@@ -66,6 +66,8 @@ typedef struct Manager {
         sd_event_source *backoff_timer;
         sd_event_source *queue_timer;
         sd_event_source *status_timer;
+        sd_event_source *watchdog_timer;
+        uint64_t watchdog_usec;
         sd_event_source *shutdown_timer;
         bool stopping;
         char last_status[512];

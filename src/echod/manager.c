@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 #include <unistd.h>
 
@@ -63,6 +64,13 @@ static void update_status(Manager *m, bool force) {
         /* what ps(1) shows, as sshd does: "echod: master [3 of 512 connections]" */
         setproctitle("master [%u of %u connections]", child_table_active(m->children),
                      m->config->max_connections);
+}
+
+static int on_watchdog_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        notify_watchdog();
+        return sd_event_source_set_time(s, usec + m->watchdog_usec / 2);
 }
 
 static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -379,6 +387,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_unref(m->backoff_timer);
         sd_event_source_unref(m->queue_timer);
         sd_event_source_unref(m->status_timer);
+        sd_event_source_unref(m->watchdog_timer);
         sd_event_source_unref(m->shutdown_timer);
         sd_event_unref(m->event);
         child_table_free(m->children);
@@ -426,9 +435,17 @@ int manager_run(Manager *m, void (*ready)(void)) {
         if (r < 0)
                 return log_error_errno(r, "Failed to set up status timer");
         (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_ON);
-        r = sd_event_set_watchdog(m->event, true); /* WATCHDOG=1 at half of $WATCHDOG_USEC */
-        if (r < 0)
-                log_warning_errno(r, "Failed to enable the watchdog, ignoring");
+        uint64_t watchdog_usec = 0;
+        if (sd_watchdog_enabled(false, &watchdog_usec) > 0 && watchdog_usec > 0) {
+                /* our own timer, not sd_event_set_watchdog(): that one pings with a blocking sd_notify() */
+                r = sd_event_add_time_relative(m->event, &m->watchdog_timer, CLOCK_MONOTONIC, watchdog_usec / 2,
+                                               0, on_watchdog_timer, m);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(m->watchdog_timer, SD_EVENT_ON);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to set up the watchdog, ignoring");
+                m->watchdog_usec = watchdog_usec;
+        }
 
         log_listeners(m);
         format_status(m, m->last_status, sizeof(m->last_status));

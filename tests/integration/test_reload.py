@@ -103,3 +103,22 @@ def test_no_refused_connect_during_reloads(echod_factory):
     assert clients.failed == []
     assert clients.ok > 100
     assert len(e.wait_log(r"reloaded configuration from", count=reloads)) == reloads
+
+
+def test_a_notify_reader_that_stops_reading_never_stalls_the_master(echod_factory):
+    """The NOTIFY_SOCKET queue holds 10 datagrams (net.unix.max_dgram_qlen); sd_notify() would
+    block on a full one forever. echod drops STATUS= then and waits at most 1 s for a state
+    change, so it goes on serving, reloading and stopping."""
+    import signal
+    e = echod_factory()
+    # from here on nobody reads the notify socket; each reload sends RELOADING=1 and READY=1
+    for i in range(1, 9):
+        e.proc.send_signal(signal.SIGHUP)
+        e.wait_log(r"reloaded configuration from", count=i, timeout=10)
+    with connect(e.endpoint(), timeout=5) as s:
+        assert ping(s, b"still serving")
+    t0 = time.monotonic()
+    assert e.stop(timeout=10) == 0
+    assert time.monotonic() - t0 < 5
+    e.notify.drain()  # what did arrive is in order and well formed
+    assert any(m.get("RELOADING") == "1" for m in e.notify.messages)
