@@ -100,6 +100,16 @@ static void json_num(Json *j, const char *key, double v) {
                 fputs("null", j->f);
 }
 
+/* "key": {"min": …, "avg": …, "max": …, "mdev": …} in ms, null where undefined */
+static void json_rtt(Json *j, const char *key, const RttStats *st) {
+        json_open(j, key, '{');
+        json_num(j, "min", rtt_min(st));
+        json_num(j, "avg", rtt_avg(st));
+        json_num(j, "max", rtt_max(st));
+        json_num(j, "mdev", rtt_mdev(st));
+        json_close(j, '}');
+}
+
 static void json_bool(Json *j, const char *key, bool v) {
         json_item(j, key);
         fputs(v ? "true" : "false", j->f);
@@ -379,20 +389,9 @@ int report_ping_end(const Session *s, const PingResult *r, int status) {
                 json_u64(&j, "lost", r->sent - r->echoed - r->corrupted);
                 json_num(&j, "loss_percent", loss);
                 json_num(&j, "seconds", usec_to_sec(r->elapsed_usec));
-                json_open(&j, "rtt_ms", '{');
-                json_num(&j, "min", rtt_min(&r->rtt));
-                json_num(&j, "avg", rtt_avg(&r->rtt));
-                json_num(&j, "max", rtt_max(&r->rtt));
-                json_num(&j, "mdev", rtt_mdev(&r->rtt));
-                json_close(&j, '}');
-                if (o->connect_per_probe) {
-                        json_open(&j, "connect_ms", '{');
-                        json_num(&j, "min", rtt_min(&r->connect));
-                        json_num(&j, "avg", rtt_avg(&r->connect));
-                        json_num(&j, "max", rtt_max(&r->connect));
-                        json_num(&j, "mdev", rtt_mdev(&r->connect));
-                        json_close(&j, '}');
-                }
+                json_rtt(&j, "rtt_ms", &r->rtt);
+                if (o->connect_per_probe)
+                        json_rtt(&j, "connect_ms", &r->connect);
                 json_close(&j, '}');
                 json_finish(&j, s);
                 return status;
