@@ -381,6 +381,7 @@ Manager *manager_free(Manager *m) {
                 return NULL;
         close_listeners(m);
         control_detach(m);
+        notify_close();
         free(m->listeners);
         accept_drop_pending(m);
         sd_event_source_unref(m->refusal_timer);

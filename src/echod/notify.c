@@ -94,3 +94,9 @@ void notify_status(const char *status) {
 void notify_watchdog(void) {
         notify_send("WATCHDOG=1", false);
 }
+
+void notify_close(void) {
+        if (notify_fd >= 0)
+                close(notify_fd);
+        notify_fd = -2;
+}

@@ -7,3 +7,5 @@ void notify_reloading(void);
 void notify_stopping(const char *status);
 void notify_status(const char *status);
 void notify_watchdog(void);
+/* At exit: close the socket (the next message would open it again). */
+void notify_close(void);
