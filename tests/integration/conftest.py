@@ -370,3 +370,32 @@ class ContinuousClients:
         self._stop.set()
         for t in self._threads:
             t.join(10)
+
+
+def wait_until(pred, timeout, what):
+    """Poll pred() until it is true (returned) or timeout seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def free_port():
+    """A loopback port that was free a moment ago (tiny race, accepted where port 0 cannot be used)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid):
+    """/proc/PID/status as a dict of stripped values."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out

@@ -124,7 +124,8 @@ class EchoServer:
             pos += len(b)
             c.sendall(b)
 
-    def _serve_truncate(self, c):
+    def _echo_first(self, c):
+        """Echo the first self.after bytes faithfully."""
         pos = 0
         while pos < self.after:
             b = c.recv(min(65536, self.after - pos))
@@ -132,6 +133,9 @@ class EchoServer:
                 break
             pos += len(b)
             c.sendall(b)
+
+    def _serve_truncate(self, c):
+        self._echo_first(c)
         self._finish(c)
 
     def _serve_silent(self, c):
@@ -141,13 +145,7 @@ class EchoServer:
             time.sleep(0.05)
 
     def _serve_reset(self, c):
-        pos = 0
-        while pos < self.after:
-            b = c.recv(min(65536, self.after - pos))
-            if not b:
-                break
-            pos += len(b)
-            c.sendall(b)
+        self._echo_first(c)
         time.sleep(0.05)  # let the client take the echo before the reset discards it
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 

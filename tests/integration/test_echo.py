@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import connect, echo_roundtrip
+from conftest import connect, echo_roundtrip, free_port
 
 
 @pytest.mark.parametrize("size", [0, 1, 64 * 1024, 64 * 1024 * 1024], ids=["0B", "1B", "64KiB", "64MiB"])
@@ -55,9 +55,7 @@ def test_ipv6_and_ipv4_listeners(echod_factory):
 
 def test_wildcard_listens_on_both_families(echod_factory):
     # "*:0" would pick two different ephemeral ports; use a concrete free port
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     e = echod_factory(listen=f'"*:{port}"')
     assert e.addresses == [f"0.0.0.0:{port}", f"[::]:{port}"]
     for host in ("127.0.0.1", "::1"):

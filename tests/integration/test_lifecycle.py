@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import ECHOD, ROOT, base_config, connect, echo_roundtrip, sanitizer_env
+from conftest import (ECHOD, ROOT, base_config, connect, echo_roundtrip, free_port, ping, proc_status,
+                      sanitizer_env, wait_until)
 
 GOOD_CONFIGS = [os.path.join(ROOT, "conf", "echod.conf")] + sorted(
     glob.glob(os.path.join(ROOT, "tests", "configs", "good", "*.conf")))
@@ -42,22 +43,6 @@ def run_echod(*args, timeout=15):
                           env=clean_env(), timeout=timeout)
 
 
-def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def free_port():
-    """A loopback port that was free a moment ago (tiny race, accepted where port 0 cannot be used)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_stat(pid):
@@ -66,14 +51,6 @@ def proc_stat(pid):
         data = f.read()
     return data[data.rindex(")") + 2:].split()
 
-
-def proc_status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return out
 
 
 def gone(pid):
@@ -384,15 +361,7 @@ def test_sigterm_drains_open_connections(echod):
     clients = [connect(echod.endpoint()) for _ in range(3)]
     try:
         for i, s in enumerate(clients):
-            s.sendall(b"connection %d\n" % i)
-        for i, s in enumerate(clients):
-            want = b"connection %d\n" % i
-            got = b""
-            while len(got) < len(want):
-                chunk = s.recv(64)
-                assert chunk, "early EOF"
-                got += chunk
-            assert got == want
+            assert ping(s, b"connection %d\n" % i)
         wait_until(lambda: len(echod.children()) == 3, 5, "3 children")
         echod.proc.send_signal(signal.SIGTERM)
         echod.notify.wait_for(lambda m: m.get("STOPPING") == "1", 5)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import connect_from, echo_roundtrip, ping, refused
+from conftest import connect_from, cpu_seconds, echo_roundtrip, free_port, ping, refused
 from echo_servers import run_echoc
 
 pytestmark = pytest.mark.timeout(60)
@@ -96,11 +96,6 @@ def proxied_echod(echod_factory, **keys):
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening_inodes(port):
@@ -299,10 +294,6 @@ def test_silent_or_partial_client_times_out(echod_factory):
     assert e.children() == []
 
 
-def master_cpu_seconds(e):
-    fields = open(f"/proc/{e.proc.pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def test_pending_partial_header_costs_no_cpu(echod_factory):
     """A valid prefix waiting for the rest must not make the master spin on a readable fd (a
@@ -312,9 +303,9 @@ def test_pending_partial_header_costs_no_cpu(echod_factory):
     for s in held:
         s.sendall(b"PROXY TCP4 127.0.0.")
     assert all(still_open_after(s, 0.1) for s in held)
-    cpu0, t0 = master_cpu_seconds(e), time.monotonic()
+    cpu0, t0 = cpu_seconds(e.proc.pid), time.monotonic()
     assert still_open_after(held[0], 1.5)  # a bounded window, polled
-    used = (master_cpu_seconds(e) - cpu0) / (time.monotonic() - t0)
+    used = (cpu_seconds(e.proc.pid) - cpu0) / (time.monotonic() - t0)
     assert used < 0.2, f"master used {used:.0%} CPU while headers were pending"
     # and they still complete
     for i, s in enumerate(held):

@@ -6,12 +6,8 @@ import pwd
 import pytest
 
 import syscall_inject
-from conftest import connect, ping
+from conftest import connect, ping, proc_status
 
-
-def proc_status(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
 def proc_limits(pid):
