@@ -77,8 +77,9 @@ static void slot_fail(Load *l, unsigned i, int err) {
         const Slot *c = &l->slots[i];
 
         /* a server that admits after accept (echod) refuses by closing at once: a reset
-         * before the first echoed byte is a refusal, not a broken echo */
-        if (err == -ECONNRESET && c->rounds == 0 && c->recvd == 0)
+         * before the first echoed byte is a refusal, not a broken echo (ENOTCONN: the reset
+         * came first and our shutdown(SHUT_WR) found the connection gone) */
+        if ((err == -ECONNRESET || err == -ENOTCONN) && c->rounds == 0 && c->recvd == 0)
                 err = -ECONNABORTED;
         l->res.errors[-err > 0 && -err < LOAD_ERRNO_MAX ? -err : EIO]++;
         if (err == -ECONNREFUSED || err == -ECONNABORTED)

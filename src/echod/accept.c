@@ -11,7 +11,6 @@
 
 #include "echod/log.h"
 #include "echod/manager-internal.h"
-#include "echod/child.h"
 #include "shared/macro.h"
 #include "shared/proxy.h"
 #include "shared/timeutil.h"
@@ -33,7 +32,7 @@ AdmitLimits manager_limits(const Manager *m) {
 
 /* --- connections not yet forked ------------------------------------------------------------ */
 
-static void list_append(ConnList *l, Conn *c) {
+void list_append(ConnList *l, Conn *c) {
         c->prev = l->tail;
         c->next = NULL;
         if (l->tail)
@@ -44,7 +43,7 @@ static void list_append(ConnList *l, Conn *c) {
         l->n++;
 }
 
-static void list_remove(ConnList *l, Conn *c) {
+void list_remove(ConnList *l, Conn *c) {
         if (c->prev)
                 c->prev->next = c->next;
         else
@@ -57,7 +56,7 @@ static void list_remove(ConnList *l, Conn *c) {
         l->n--;
 }
 
-static void conn_free(Conn *c) {
+void conn_free(Conn *c) {
         free(c->header);
         sd_event_source_disable_unref(c->io);
         sd_event_source_disable_unref(c->timer);
@@ -128,17 +127,9 @@ static void refuse(Manager *m, Conn *c, Refusal reason, const char *detail, int 
 
 /* --- fork ---------------------------------------------------------------------------------- */
 
-/* Hand c to a new child. Frees c. */
+/* Hand c to the spawner, which forks its child. Takes c. */
 static void spawn(Manager *m, Conn *c) {
-        const Config *cfg = m->config;
-        WorkerParams params = {
-                .idle_timeout = cfg->idle_timeout,
-                .stall_timeout = cfg->stall_timeout,
-                .max_session = cfg->max_session,
-                .max_bytes = cfg->max_bytes,
-        };
         int slot, r;
-        pid_t pid;
 
         slot = child_table_reserve(m->children);
         if (slot < 0) {
@@ -146,19 +137,7 @@ static void spawn(Manager *m, Conn *c) {
                 return;
         }
 
-        pid = fork();
-        if (pid < 0) {
-                r = negative_errno();
-                child_table_abort(m->children, slot);
-                refuse(m, c, REFUSE_FORK, NULL, r);
-                return;
-        }
-        if (pid == 0)
-                child_main(TAKE_FD(c->fd), child_table_shared(m->children, slot), &params, &c->peer,
-                           m->sandbox);
-
         Child child = {
-                .pid = pid,
                 .proxied = c->proxied,
                 .peer = c->peer,
                 .via = c->via,
@@ -170,10 +149,27 @@ static void spawn(Manager *m, Conn *c) {
         if (r >= 0 && !c->counted)
                 r = source_table_add(m->sources, &c->source);
         if (r < 0) /* cannot happen: both tables hold SLOTS_MAX */
-                log_error_errno(r, "Failed to account child %d", (int) pid);
+                log_error_errno(r, "Failed to account a connection");
+        c->counted = false; /* the slot holds the source count from here */
         m->counters.accepted++;
         m->counters.peak = MAX(m->counters.peak, child_table_active(m->children));
-        conn_free(c);
+        c->slot = slot;
+        spawner_handoff(m, c);
+}
+
+void accept_spawn_failed(Manager *m, int slot, int error) {
+        uint64_t in, out;
+        Child child;
+
+        if (child_table_release_slot(m->children, slot, &child, &in, &out) < 0)
+                return;
+        source_table_remove(m->sources, &child.source);
+        m->counters.accepted--;
+        if (error == -ECANCELED)
+                return;
+        Conn c = { .peer = child.peer, .via = child.via, .proxied = child.proxied, .local = child.local,
+                   .source = child.source };
+        note_refusal(m, REFUSE_FORK, &c, NULL, error);
 }
 
 /* --- the wait queue (at_capacity = queue) --------------------------------------------------- */
@@ -268,12 +264,19 @@ static void admit(Manager *m, Conn *c) {
 
         unsigned busy = child_table_active(m->children) + m->queue.n;
         verdict = admit_connection(m->sources, &limits, busy, &c->source);
-        /* Children that finished but whose SIGCHLD is not processed yet would still count: a
-         * client reconnecting at once would be refused for connections it already closed.
-         * Only on this (rare) path: reap now and decide again. */
-        if (verdict != ADMIT_OK && reap_children(m) > 0)
-                verdict = admit_connection(m->sources, &limits,
-                                           child_table_active(m->children) + m->queue.n, &c->source);
+        /* Children that finished but are not reaped yet would still count: a client reconnecting
+         * the moment it has our FIN would be refused for the connection it just finished. Only
+         * on this (rare) path: reap what the spawner has reported, then leave out the children
+         * that have sent their last FIN but whose exit is still on its way. */
+        if (verdict != ADMIT_OK) {
+                unsigned same_source, finishing;
+
+                reap_children(m);
+                busy = child_table_active(m->children) + m->queue.n;
+                finishing = child_table_finishing(m->children, &c->source, &same_source);
+                verdict = admit_counts(&limits, busy - finishing,
+                                       source_table_count(m->sources, &c->source) - same_source);
+        }
         switch (verdict) {
         case ADMIT_OK:
                 spawn(m, c);
@@ -483,7 +486,7 @@ int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         for (int i = 0; i < ACCEPT_BATCH; i++) {
                 SockAddr sa;
                 socklen_t len = sizeof(sa);
-                int cfd = accept4(fd, &sa.sa, &len, SOCK_CLOEXEC);
+                int cfd = accept4(fd, &sa.sa, &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
                 if (cfd < 0) {
                         switch (errno) {
                         case EAGAIN:
@@ -524,13 +527,15 @@ int accept_apply_config(Manager *m, const Config *old) {
                 return r;
         acl_free(m->acl);
         m->acl = acl;
-        if (!old || old->sandbox != c->sandbox) {
-                Sandbox *sb;
-                r = sandbox_new(c->sandbox, &sb);
+        if (!old) {
+                r = sandbox_new(c->sandbox, &m->sandbox);
                 if (r < 0)
                         return r;
-                sandbox_free(m->sandbox);
-                m->sandbox = sb;
+        } else if (old->sandbox != c->sandbox) {
+                /* the spawner entered it once and for good; a new one would need a new spawner */
+                log_warning("%s: 'sandbox' changes take effect when echod restarts; it stays %s", c->path,
+                            old->sandbox ? "true" : "false");
+                m->config->sandbox = old->sandbox;
         }
         if (!m->source_rates) {
                 r = rate_table_new(SOURCE_RATES_MAX, &m->source_rates);
@@ -567,6 +572,8 @@ unsigned accept_drop_pending(Manager *m) {
                         conn_free(c);
                         n++;
                 }
+        n += m->handoff.n;
+        spawner_drop_handoff(m);
         queue_arm_timer(m);
         return n;
 }

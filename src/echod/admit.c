@@ -93,12 +93,16 @@ void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret) {
         ipaddr_mask(ret, peer->family == AF_INET ? l->prefix_v4 : l->prefix_v6);
 }
 
-Refusal admit_connection(SourceTable *t, const AdmitLimits *l, unsigned active, const IpAddr *key) {
-        if (l->max_per_source > 0 && source_table_count(t, key) >= l->max_per_source)
+Refusal admit_counts(const AdmitLimits *l, unsigned active, unsigned from_source) {
+        if (l->max_per_source > 0 && from_source >= l->max_per_source)
                 return REFUSE_PER_SOURCE;
         if (active >= l->max_connections)
                 return REFUSE_CAPACITY;
         return ADMIT_OK;
+}
+
+Refusal admit_connection(SourceTable *t, const AdmitLimits *l, unsigned active, const IpAddr *key) {
+        return admit_counts(l, active, l->max_per_source > 0 ? source_table_count(t, key) : 0);
 }
 
 void refusal_top_note(RefusalTop *t, const IpAddr *source) {

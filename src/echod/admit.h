@@ -46,6 +46,8 @@ void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret);
 /* Decide on concurrency given the current number of live (or queued) connections: the
  * per-source limit first (so a queue cannot be filled by one source), then the global one. */
 Refusal admit_connection(SourceTable *t, const AdmitLimits *l, unsigned active, const IpAddr *key);
+/* The same decision with the source's count given. */
+Refusal admit_counts(const AdmitLimits *l, unsigned active, unsigned from_source);
 
 /* Refusal logging without floods: the first refusal of a kind is reported at once, later ones
  * are counted and summarised once per window, with the sources that were refused most. */

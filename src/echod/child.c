@@ -1,10 +1,33 @@
-/* The child, from fork() to the echo loop: signals, file descriptors, process title, sandbox,
- * then worker_echo() and _exit() with its result. Runs in the forked copy of the master. */
+/* The child, from fork() to the echo loop: file descriptors, process title, sandbox, then
+ * worker_echo() and _exit() with its result. It runs in a forked copy of echod-spawner: what can
+ * be done once (capabilities, oom_score_adj, signal handling) was done there, before any fork.
+ *
+ * Sandbox: the spawner loads the seccomp filter the master compiled (sandbox.c) into itself, once,
+ * with no_new_privs and the fd and core limits; every child inherits all of it for free. Loading
+ * a filter costs a BPF compilation (JIT) in the kernel: 30-70 us per process on this machine,
+ * more than the rest of a short connection (bench/FINDINGS.md). Each child only sets
+ * RLIMIT_NPROC to 0, so the fork() the filter must allow the spawner is useless to it. */
 #include "echod/child.h"
 
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/seccomp.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include "shared/io.h"
+#include "shared/macro.h"
+
+/* How far above the master a child's oom_score_adj goes: the kernel kills a child first. */
+#define CHILD_OOM_BONUS 500
+/* stdio, the connection, the spawner's few, and slack */
+#define CHILD_NOFILE 16
 
 static volatile sig_atomic_t stop_requested;
 
@@ -12,20 +35,76 @@ static void on_sigterm(int sig) {
         stop_requested = 1;
 }
 
-_Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer, const Sandbox *sb) {
+static int raise_oom_score_adj(int bonus) {
+        _cleanup_(closep) int fd = open("/proc/self/oom_score_adj", O_RDWR | O_CLOEXEC);
+        char buf[16] = { 0 };
+
+        if (fd < 0)
+                return negative_errno();
+        if (read_full(fd, buf, sizeof(buf) - 1) <= 0)
+                return -EIO;
+        snprintf(buf, sizeof(buf), "%d", MIN(atoi(buf) + bonus, 1000));
+        if (lseek(fd, 0, SEEK_SET) < 0 || write_full(fd, buf, strlen(buf)) < 0)
+                return negative_errno();
+        return 0;
+}
+
+int child_prepare_once(void) {
         struct sigaction sa = { .sa_handler = on_sigterm };
-        sigset_t block, during_poll;
-        char title[IPADDR_STR_MAX];
+        struct __user_cap_header_struct head = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = { { 0, 0, 0 } };
 
-        /* dispositions were reset once in main() (all default, SIGPIPE ignored) and the master
-         * installs no handler, so only SIGTERM changes: it requests a drain */
-        (void) sigaction(SIGTERM, &sa, NULL);
-        sigemptyset(&block);
-        sigaddset(&block, SIGTERM);
-        (void) sigprocmask(SIG_SETMASK, &block, NULL);
-        sigemptyset(&during_poll);
+        /* whatever the master holds (CAP_NET_BIND_SERVICE from the unit), the spawner and its
+         * children need none: empty the ambient, inheritable, permitted and effective sets */
+        (void) prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        if (syscall(SYS_capset, &head, none) < 0)
+                return negative_errno();
+        /* a failure here is not fatal: the children are merely not preferred by the OOM killer */
+        (void) raise_oom_score_adj(CHILD_OOM_BONUS);
+        if (sigaction(SIGTERM, &sa, NULL) < 0)
+                return negative_errno();
+        return 0;
+}
 
-        /* the connection becomes fd 3; every other inherited fd above stdio goes */
+int sandbox_enter_spawner(const SpawnSandbox *s) {
+        static const struct {
+                int resource;
+                rlim_t limit;
+        } limits[] = {
+                { RLIMIT_NOFILE, CHILD_NOFILE },
+                { RLIMIT_CORE, 0 }, /* no core file with peer data in it */
+        };
+        struct sock_fprog prog = { .len = (unsigned short) s->filter_len, .filter = (struct sock_filter *) s->filter };
+
+        if (!s->enabled)
+                return 0; /* sandbox = false: debugging with gdb, strace or valgrind */
+        /* a limit that cannot be set is a sandbox that is not there: fail closed */
+        for (size_t i = 0; i < ELEMENTSOF(limits); i++) {
+                struct rlimit rl = { limits[i].limit, limits[i].limit };
+                if (setrlimit(limits[i].resource, &rl) < 0)
+                        return negative_errno();
+        }
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                return negative_errno();
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0)
+                return negative_errno();
+        return 0;
+}
+
+/* What is left for each child: no forks (the spawner itself must fork). */
+static int sandbox_enter_child(const SpawnSandbox *s) {
+        struct rlimit none = { 0, 0 };
+
+        if (!s->enabled)
+                return 0;
+        return setrlimit(RLIMIT_NPROC, &none) < 0 ? negative_errno() : 0;
+}
+
+_Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, const SpawnSandbox *sb,
+                          char *title_area, size_t title_size) {
+        sigset_t during_poll;
+
+        /* the connection becomes fd 3 (over the spawner's socket); every other fd above stdio goes */
         if (fd != 3) {
                 if (dup3(fd, 3, O_CLOEXEC) < 0)
                         _exit(WORKER_SETUP_FAILED);
@@ -35,10 +114,17 @@ _Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const
          * (old kernels, valgrind) */
         closefrom(4);
 
-        setproctitle("%s", ipaddr_format_endpoint(peer, title));
+        /* ps shows the peer: the title replaces the spawner's argument area (kept NUL-terminated) */
+        if (title_size > 1) {
+                size_t n = MIN(strnlen(req->title, sizeof(req->title)), title_size - 1);
+                memcpy(title_area, req->title, n);
+                memset(title_area + n, 0, title_size - n);
+        }
 
-        if (sandbox_enter(sb) < 0)
+        if (sandbox_enter_child(sb) < 0)
                 _exit(WORKER_SETUP_FAILED);
 
-        _exit(worker_echo(fd, slot, p, &stop_requested, &during_poll));
+        /* SIGTERM stays blocked (inherited from the spawner) except inside ppoll */
+        sigemptyset(&during_poll);
+        _exit(worker_echo(fd, slot, &req->params, &stop_requested, &during_poll));
 }

@@ -1,10 +1,23 @@
-/* The child, from fork() to the echo loop. */
+/* The child, from fork() to the echo loop; it runs in a copy of echod-spawner. */
 #pragma once
 
-#include "echod/sandbox.h"
-#include "echod/worker.h"
+#include <stddef.h>
 
-/* In the freshly forked child: reset signal dispositions and mask (SIGTERM asks for a drain),
- * make the connection fd 3 and close every other fd above stdio, set the process title to the
- * peer, enter the sandbox, echo, and _exit with a WorkerExit. */
-_Noreturn void child_main(int fd, SlotShared *slot, const WorkerParams *p, const IpAddr *peer, const Sandbox *sb);
+#include "echod/spawn-proto.h"
+
+/* Once, in the spawner: what every child inherits instead of doing it itself. Empties every
+ * capability set, raises oom_score_adj above the master's (the kernel kills children first), and
+ * installs the SIGTERM handler (SIGTERM asks a child to drain; it stays blocked outside ppoll).
+ * Returns 0 or -errno. */
+int child_prepare_once(void);
+
+/* Once, in the spawner, at the first SPAWN_SANDBOX: fd and core limits, no_new_privs, and the
+ * seccomp filter, inherited by every child. Returns 0 or -errno; the spawner must not go on if
+ * this fails. */
+int sandbox_enter_spawner(const SpawnSandbox *s);
+
+/* In the freshly forked child: make the connection fd 3 and close every other fd above stdio,
+ * write the title over the spawner's argument area, enter the sandbox, echo, and _exit with a
+ * WorkerExit. */
+_Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, const SpawnSandbox *sb,
+                          char *title_area, size_t title_size);

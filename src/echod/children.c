@@ -1,4 +1,4 @@
-/* The slot table: one slot per live child, shared counters in a MAP_SHARED mapping.
+/* The slot table: one slot per live child, shared counters in a memfd mapping.
  *
  * Memory stays proportional to use: the shared mapping and the private arrays are reserved for
  * SLOTS_MAX but only touched as slots are used, and freed slots are reused first (LIFO). */
@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "shared/hashmap.h"
 #include "shared/macro.h"
@@ -15,7 +16,8 @@
 
 struct ChildTable {
         SlotShared *shared; /* SLOTS_MAX entries, MAP_SHARED */
-        Child *children;    /* SLOTS_MAX entries, private; pid 0 = free */
+        int memfd;          /* ...of this memfd, which echod-spawner maps too */
+        Child *children;    /* SLOTS_MAX entries, private; pid 0 = free, CHILD_PID_PENDING = handed over */
         int32_t *free_stack;
         unsigned n_free;
         unsigned next_fresh; /* slots >= next_fresh have never been used */
@@ -28,8 +30,15 @@ int child_table_new(ChildTable **ret) {
 
         if (!t)
                 return -ENOMEM;
-        t->shared = mmap(NULL, sizeof(SlotShared) * SLOTS_MAX, PROT_READ | PROT_WRITE,
-                         MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        t->memfd = -1;
+        /* sparse: pages exist only where slots were used */
+        t->memfd = memfd_create("echod-slots", MFD_CLOEXEC);
+        if (t->memfd < 0 || ftruncate(t->memfd, sizeof(SlotShared) * SLOTS_MAX) < 0) {
+                int r = negative_errno();
+                child_table_free(t);
+                return r;
+        }
+        t->shared = mmap(NULL, sizeof(SlotShared) * SLOTS_MAX, PROT_READ | PROT_WRITE, MAP_SHARED, t->memfd, 0);
         if (t->shared == MAP_FAILED) {
                 t->shared = NULL;
                 child_table_free(t);
@@ -52,6 +61,7 @@ ChildTable *child_table_free(ChildTable *t) {
                 return NULL;
         if (t->shared)
                 munmap(t->shared, sizeof(SlotShared) * SLOTS_MAX);
+        safe_close(t->memfd);
         mem_free_unshared(t->children, SLOTS_MAX * sizeof(Child));
         mem_free_unshared(t->free_stack, SLOTS_MAX * sizeof(int32_t));
         hashmap_free(t->by_pid);
@@ -73,6 +83,8 @@ int child_table_reserve(ChildTable *t) {
         atomic_store_explicit(&s->bytes_in, 0, memory_order_relaxed);
         atomic_store_explicit(&s->bytes_out, 0, memory_order_relaxed);
         atomic_store_explicit(&s->last_active_usec, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->pid, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->finished, 0, memory_order_relaxed);
         return slot;
 }
 
@@ -81,22 +93,33 @@ void child_table_abort(ChildTable *t, int slot) {
 }
 
 int child_table_commit(ChildTable *t, int slot, const Child *child) {
-        int r = hashmap_put(t->by_pid, &child->pid, slot);
-        if (r < 0)
-                return r;
+        if (child->pid > 0) {
+                int r = hashmap_put(t->by_pid, &child->pid, slot);
+                if (r < 0)
+                        return r;
+        }
         t->children[slot] = *child;
+        if (child->pid <= 0)
+                t->children[slot].pid = CHILD_PID_PENDING;
         t->active++;
         return 0;
 }
 
-int child_table_release(ChildTable *t, pid_t pid, Child *ret_child, uint64_t *ret_in, uint64_t *ret_out) {
-        int32_t *v = hashmap_get(t->by_pid, &pid);
-        int slot;
-
-        if (!v)
+int child_table_started(ChildTable *t, int slot, pid_t pid) {
+        if (slot < 0 || slot >= SLOTS_MAX || t->children[slot].pid != CHILD_PID_PENDING || pid <= 0)
                 return -ENOENT;
-        slot = *v;
-        hashmap_remove(t->by_pid, &pid);
+        int r = hashmap_put(t->by_pid, &pid, slot);
+        if (r < 0)
+                return r;
+        t->children[slot].pid = pid;
+        return 0;
+}
+
+int child_table_release_slot(ChildTable *t, int slot, Child *ret_child, uint64_t *ret_in, uint64_t *ret_out) {
+        if (slot < 0 || slot >= SLOTS_MAX || t->children[slot].pid == 0)
+                return -ENOENT;
+        if (t->children[slot].pid > 0)
+                hashmap_remove(t->by_pid, &t->children[slot].pid);
         *ret_child = t->children[slot];
         *ret_in = atomic_load_explicit(&t->shared[slot].bytes_in, memory_order_relaxed);
         *ret_out = atomic_load_explicit(&t->shared[slot].bytes_out, memory_order_relaxed);
@@ -104,6 +127,48 @@ int child_table_release(ChildTable *t, pid_t pid, Child *ret_child, uint64_t *re
         t->free_stack[t->n_free++] = slot;
         t->active--;
         return slot;
+}
+
+int child_table_release(ChildTable *t, pid_t pid, Child *ret_child, uint64_t *ret_in, uint64_t *ret_out) {
+        int32_t *v = hashmap_get(t->by_pid, &pid);
+
+        return v ? child_table_release_slot(t, *v, ret_child, ret_in, ret_out) : -ENOENT;
+}
+
+int child_table_next_pending(const ChildTable *t, int *pos) {
+        for (; *pos >= 0 && (unsigned) *pos < t->next_fresh; (*pos)++)
+                if (t->children[*pos].pid == CHILD_PID_PENDING)
+                        return (*pos)++;
+        return -ENOENT;
+}
+
+unsigned child_table_finishing(const ChildTable *t, const IpAddr *source, unsigned *ret_same_source) {
+        unsigned n = 0, same = 0;
+
+        for (unsigned i = 0; i < t->next_fresh; i++)
+                if (t->children[i].pid != 0 && atomic_load_explicit(&t->shared[i].finished, memory_order_acquire)) {
+                        n++;
+                        same += ipaddr_equal(&t->children[i].source, source);
+                }
+        *ret_same_source = same;
+        return n;
+}
+
+unsigned child_table_adopt_all(ChildTable *t) {
+        const void *key;
+        size_t pos = 0;
+        int32_t slot;
+        unsigned n = 0;
+
+        while (hashmap_next(t->by_pid, &pos, &key, &slot)) {
+                t->children[slot].adopted = true;
+                n++;
+        }
+        return n;
+}
+
+int child_table_memfd(const ChildTable *t) {
+        return t->memfd;
 }
 
 int child_table_slot_of(ChildTable *t, pid_t pid) {

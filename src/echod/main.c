@@ -174,6 +174,7 @@ int main(int argc, char *argv[], char *envp[]) {
         int control_fd = -1, r;
 
         setproctitle_init(argc, argv, envp);
+        spawner_locate(argv[0]);
         reset_signals();
         if (parse_argv(argc, argv) < 0)
                 return EXIT_USAGE;

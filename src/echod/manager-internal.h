@@ -29,6 +29,7 @@ typedef struct Conn {
         sd_event_source *io, *timer; /* while waiting for a PROXY header */
         uint8_t *header;             /* ...and the part of it already read */
         size_t header_len;
+        int slot;                    /* handed over: waiting in Manager.handoff for the spawner */
         struct Conn *prev, *next;
 } Conn;
 
@@ -60,6 +61,13 @@ typedef struct Manager {
         ConnList proxy_pending;
         ConnList queue;
         bool queue_full;
+        ConnList handoff; /* admitted, slot taken, not yet sent to the spawner */
+        /* echod-spawner (spawner.c) */
+        pid_t spawner_pid;
+        int spawner_fd;
+        sd_event_source *spawner_io;
+        sd_event_source *restart_timer;
+        uint64_t spawner_started_usec;
         Counters counters;
         RefusalWindow refusal_windows[_REFUSE_MAX];
         sd_event_source *refusal_timer;
@@ -81,6 +89,12 @@ typedef struct Manager {
 } Manager;
 
 /* accept.c */
+void list_append(ConnList *l, Conn *c);
+void list_remove(ConnList *l, Conn *c);
+void conn_free(Conn *c);
+/* The spawner could not fork slot's child (or the hand-off was dropped: -ECANCELED): free the
+ * slot, take back "accepted", and count a refusal. */
+void accept_spawn_failed(Manager *m, int slot, int error);
 int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata);
 /* Children went away: hand queued connections to free slots. */
 void accept_slots_freed(Manager *m);
@@ -103,4 +117,25 @@ void status_log(Manager *m);
 uint64_t refused_total(const Counters *c);
 /* Listeners are on unless stopping, backing off after EMFILE, or the queue is full. */
 void manager_update_listeners(Manager *m);
+/* Collect every exited child (spawner events, our own waitpid) and give freed slots to queued
+ * connections; returns how many. */
 unsigned reap_children(Manager *m);
+void record_exit(Manager *m, pid_t pid, int status);
+/* After exits: free slots go to the queue, and a drain may be complete. */
+void children_gone(Manager *m);
+
+/* spawner.c */
+int spawner_start(Manager *m);
+/* At exit: close the socket (the spawner exits) and reap it. */
+void spawner_stop(Manager *m);
+/* Hand c (slot committed) to the spawner, now or when its socket has room. Takes c. */
+void spawner_handoff(Manager *m, Conn *c);
+/* Stopping: close the hand-offs not yet sent. */
+void spawner_drop_handoff(Manager *m);
+/* Every live child gets sig (through the spawner; adopted ones directly). */
+void spawner_signal(Manager *m, int sig);
+/* Handle queued STARTED/FAILED/EXITED events; returns how many children went away. */
+unsigned spawner_read_events(Manager *m);
+/* From the master's waitpid loop: true if pid was the spawner (its children are adopted, a new one
+ * is started unless stopping). */
+bool spawner_reaped(Manager *m, pid_t pid, int status);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -112,7 +113,7 @@ static void log_listeners(Manager *m) {
 
 /* --- reaping ------------------------------------------------------------------------------- */
 
-static void record_exit(Manager *m, pid_t pid, int status) {
+void record_exit(Manager *m, pid_t pid, int status) {
         char reason[64];
         uint64_t in, out;
         Child c;
@@ -152,19 +153,26 @@ static void record_exit(Manager *m, pid_t pid, int status) {
                 });
 }
 
-/* Collect every exited child and give freed slots to queued connections; returns how many. */
 unsigned reap_children(Manager *m) {
-        unsigned n = 0;
+        unsigned n = spawner_read_events(m);
         int status;
         pid_t pid;
 
-        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-                record_exit(m, pid, status);
-                n++;
-        }
+        /* ours: the spawner, and its orphans if it died (we are their subreaper) */
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+                if (!spawner_reaped(m, pid, status)) {
+                        record_exit(m, pid, status);
+                        n++;
+                }
         if (n > 0)
                 accept_slots_freed(m);
         return n;
+}
+
+void children_gone(Manager *m) {
+        accept_slots_freed(m);
+        if (m->stopping && child_table_active(m->children) == 0)
+                (void) sd_event_exit(m->event, 0);
 }
 
 static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -178,20 +186,12 @@ static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, voi
 
 /* --- stop ---------------------------------------------------------------------------------- */
 
-static void signal_children(Manager *m, int sig) {
-        size_t pos = 0;
-        const Child *c;
-
-        while ((c = child_table_next(m->children, &pos)))
-                (void) kill(c->pid, sig);
-}
-
 static int on_shutdown_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
 
         log_warning("shutdown_timeout (%u s) reached, killing %u remaining connections",
                     m->config->shutdown_timeout, child_table_active(m->children));
-        signal_children(m, SIGKILL);
+        spawner_signal(m, SIGKILL);
         return 0;
 }
 
@@ -221,7 +221,7 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         if (active == 0)
                 return sd_event_exit(m->event, 0);
 
-        signal_children(m, SIGTERM);
+        spawner_signal(m, SIGTERM);
         return sd_event_add_time_relative(m->event, &m->shutdown_timer, CLOCK_MONOTONIC,
                                           (uint64_t) m->config->shutdown_timeout * USEC_PER_SEC, 0,
                                           on_shutdown_timeout, m);
@@ -347,6 +347,7 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
                 return -ENOMEM;
         }
         m->control_fd = control_fd;
+        m->spawner_fd = -1;
         m->started_realtime = m->loaded_realtime = clock_usec(CLOCK_REALTIME);
         m->started_monotonic = now_usec();
         m->config = config;
@@ -382,6 +383,7 @@ Manager *manager_free(Manager *m) {
         close_listeners(m);
         control_detach(m);
         notify_close();
+        spawner_stop(m);
         free(m->listeners);
         accept_drop_pending(m);
         sd_event_source_unref(m->refusal_timer);
@@ -431,6 +433,12 @@ int manager_run(Manager *m, void (*ready)(void)) {
         r = control_attach(m);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch the control socket");
+        /* should the spawner die, its children (live connections) become ours to reap */
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+                return log_error_errno(errno, "Failed to become a subreaper");
+        r = spawner_start(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to start echod-spawner");
         r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, STATUS_INTERVAL_USEC,
                                        USEC_PER_SEC / 10, on_status_timer, m);
         if (r < 0)

@@ -1,4 +1,4 @@
-/* The master: sd-event loop that accepts, admits, forks, reaps, reloads and drains. */
+/* The master: sd-event loop that accepts, admits, hands connections to echod-spawner, records, reloads and drains. */
 #pragma once
 
 #include "echod/config.h"
@@ -11,6 +11,9 @@ typedef struct Manager Manager;
 int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool activated, int control_fd,
                 Manager **ret);
 Manager *manager_free(Manager *m);
+
+/* Where echod-spawner is: next to argv[0] (a build tree) if there, else the installed path. */
+void spawner_locate(const char *argv0);
 
 /* Run until stopped. Calls ready() once every listener is live. Returns 0 or -errno. */
 int manager_run(Manager *m, void (*ready)(void));

@@ -1,48 +1,45 @@
-/* The child's sandbox: a seccomp allow-list compiled once in the master, resource limits and
- * no_new_privs applied in each child before it touches peer data, and no capabilities at all.
+/* The children's seccomp filter, compiled once in the master and handed to echod-spawner, whose
+ * children load it with one prctl() (child.c) before they touch peer data.
  *
  * Why libseccomp: it resolves syscall numbers per architecture and emits correct BPF with
  * the architecture check; hand-written BPF is where sandboxes get subtle bugs. It runs only in
- * the master at startup: the child loads the exported program with one prctl(). */
+ * the master: the spawner and the children never link it. */
 #include "echod/sandbox.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/capability.h>
 #include <linux/filter.h>
 #include <seccomp.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "shared/io.h"
 #include "shared/macro.h"
 
-/* How far above the master a child's oom_score_adj goes: the kernel kills a child first. */
-#define CHILD_OOM_BONUS 500
-/* stdio, the connection, a splice pipe, and slack */
-#define CHILD_NOFILE 16
-
 struct Sandbox {
         bool filter;
         struct sock_fprog prog;
-        char oom_score_adj[16];
 };
 
-/* What the echo loop needs, and no more (see worker.c). */
+/* What the echo loop needs (worker.c, child.c), and the spawner's loop (spawner-main.c): the
+ * filter is loaded once into the spawner and inherited by every child. Of the spawner's calls a
+ * child could misuse only clone, and its RLIMIT_NPROC is 0; kill is no more than tgkill, which
+ * abort() needs anyway. */
 static const int allowed[] = {
+        /* the echo loop */
         SCMP_SYS(read),         SCMP_SYS(write),      SCMP_SYS(readv),        SCMP_SYS(writev),
         SCMP_SYS(recvfrom),     SCMP_SYS(sendto),     SCMP_SYS(recvmsg),      SCMP_SYS(sendmsg),
         SCMP_SYS(ppoll),        SCMP_SYS(poll),       SCMP_SYS(fcntl),        SCMP_SYS(shutdown),
-        SCMP_SYS(close),        SCMP_SYS(splice),     SCMP_SYS(pipe2),        SCMP_SYS(getsockopt),
+        SCMP_SYS(close),        SCMP_SYS(getsockopt),
         SCMP_SYS(clock_gettime), SCMP_SYS(gettimeofday), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask),
         SCMP_SYS(restart_syscall), SCMP_SYS(exit),    SCMP_SYS(exit_group),   SCMP_SYS(getpid),
         SCMP_SYS(gettid),       SCMP_SYS(tgkill), /* abort() */
+        /* a child's setup after fork */
+        SCMP_SYS(set_robust_list), SCMP_SYS(dup3),    SCMP_SYS(close_range),  SCMP_SYS(prlimit64),
+        /* the spawner: fork, reap, signal */
+        SCMP_SYS(clone),        SCMP_SYS(wait4),      SCMP_SYS(kill),
 #if defined(__SANITIZE_ADDRESS__)
         /* the sanitizer runtimes allocate and report on their own */
         SCMP_SYS(mmap),         SCMP_SYS(munmap),     SCMP_SYS(madvise),      SCMP_SYS(brk),
@@ -63,7 +60,7 @@ static int compile_filter(struct sock_fprog *ret) {
                 return -ENOMEM;
         for (size_t i = 0; i < ELEMENTSOF(allowed) && r >= 0; i++)
                 r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allowed[i], 0);
-        /* no_new_privs is set explicitly in the child, right before loading */
+        /* no_new_privs is set explicitly by the spawner, right before loading */
         if (r >= 0)
                 r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
         if (r >= 0) {
@@ -85,24 +82,16 @@ static int compile_filter(struct sock_fprog *ret) {
                 return -EIO;
         }
         ret->len = (unsigned short) ((size_t) size / sizeof(struct sock_filter));
-        return 0;
-}
-
-static int own_oom_score_adj(int *ret) {
-        char buf[16] = { 0 };
-        _cleanup_(closep) int fd = open("/proc/self/oom_score_adj", O_RDONLY | O_CLOEXEC);
-
-        if (fd < 0)
-                return negative_errno();
-        if (read_full(fd, buf, sizeof(buf) - 1) <= 0)
-                return -EIO;
-        *ret = atoi(buf);
+        if (ret->len > SPAWN_FILTER_MAX) {
+                free(ret->filter);
+                return -E2BIG;
+        }
         return 0;
 }
 
 int sandbox_new(bool enabled, Sandbox **ret) {
         Sandbox *s = calloc(1, sizeof(Sandbox));
-        int master_adj = 0, r;
+        int r;
 
         if (!s)
                 return -ENOMEM;
@@ -114,8 +103,6 @@ int sandbox_new(bool enabled, Sandbox **ret) {
                 }
                 s->filter = true;
         }
-        (void) own_oom_score_adj(&master_adj);
-        snprintf(s->oom_score_adj, sizeof(s->oom_score_adj), "%d", MIN(master_adj + CHILD_OOM_BONUS, 1000));
         *ret = s;
         return 0;
 }
@@ -128,49 +115,10 @@ Sandbox *sandbox_free(Sandbox *s) {
         return NULL;
 }
 
-int sandbox_enter(const Sandbox *s) {
-        static const struct {
-                int resource;
-                rlim_t limit;
-        } limits[] = {
-                { RLIMIT_NPROC, 0 }, /* no further forks (root would be exempt: it is not root) */
-                { RLIMIT_NOFILE, CHILD_NOFILE },
-                { RLIMIT_CORE, 0 }, /* no core file with peer data in it */
-        };
-        int fd;
-
-        /* Raising one's own oom_score_adj needs no privilege, but after the master changed
-         * uid it is not dumpable and /proc/self belongs to root: become dumpable just for the
-         * write (before any peer data is read), then not again. A failure is not fatal. */
-        int dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
-        if (dumpable == 0)
-                (void) prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
-        fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-        if (fd >= 0) {
-                (void) write_full(fd, s->oom_score_adj, strlen(s->oom_score_adj));
-                close(fd);
-        }
-        if (dumpable == 0)
-                (void) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-        /* whatever the master holds (CAP_NET_BIND_SERVICE from the unit), a child needs none:
-         * empty the ambient, inheritable, permitted and effective sets (no privilege needed) */
-        struct __user_cap_header_struct head = { .version = _LINUX_CAPABILITY_VERSION_3 };
-        struct __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = { { 0, 0, 0 } };
-        (void) prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-        if (syscall(SYS_capset, &head, none) < 0)
-                return negative_errno();
-        if (!s->filter)
-                return 0; /* sandbox = false: debugging with gdb, strace or valgrind */
-
-        /* a limit that cannot be set is a sandbox that is not there: fail closed */
-        for (size_t i = 0; i < ELEMENTSOF(limits); i++) {
-                struct rlimit rl = { limits[i].limit, limits[i].limit };
-                if (setrlimit(limits[i].resource, &rl) < 0)
-                        return negative_errno();
-        }
-        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-                return negative_errno();
-        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &s->prog, 0, 0) < 0)
-                return negative_errno();
-        return 0;
+void sandbox_request(const Sandbox *s, SpawnSandbox *ret) {
+        ret->type = SPAWN_SANDBOX;
+        ret->enabled = s->filter;
+        ret->filter_len = s->filter ? s->prog.len : 0;
+        if (ret->filter_len > 0)
+                memcpy(ret->filter, s->prog.filter, ret->filter_len * sizeof(struct sock_filter));
 }

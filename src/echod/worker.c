@@ -118,6 +118,10 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
         uint64_t now = now_usec(), last_in = now, last_out = now, total_in = 0;
         uint64_t session_end = p->max_session ? now + (uint64_t) p->max_session * USEC_PER_SEC : 0;
         int r, timeout_exit = WORKER_IDLE_TIMEOUT, finish = WORKER_CLEAN;
+        /* Try first, poll only when a read or send would block: a short connection's request is
+         * usually waiting when the child starts, and its echo fits the send buffer. */
+        bool ready_in = true, ready_out = true;
+        unsigned unpolled = 0;
 
         r = fd_set_nonblock(fd, 1);
         if (r < 0)
@@ -138,7 +142,17 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
                         events |= POLLOUT;
 
                 uint64_t deadline = next_deadline(start < end, last_in, last_out, session_end, p, &timeout_exit);
-                r = wait_fd(fd, events, &revents, deadline, poll_mask);
+                /* every so often poll anyway: SIGTERM (a drain) is only let in during ppoll */
+                revents = ++unpolled % 64 ? events & ((ready_in ? POLLIN : 0) | (ready_out ? POLLOUT : 0)) : 0;
+                if (revents)
+                        r = deadline && now_usec() >= deadline ? 0 : 1;
+                else {
+                        r = wait_fd(fd, events, &revents, deadline, poll_mask);
+                        if (events & POLLIN)
+                                ready_in = revents & (POLLIN | POLLHUP | POLLERR);
+                        if (events & POLLOUT)
+                                ready_out = revents & (POLLOUT | POLLHUP | POLLERR);
+                }
                 if (r == -EINTR)
                         continue;
                 if (r < 0)
@@ -160,6 +174,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
                         if (p->max_bytes && p->max_bytes - total_in < room)
                                 room = (size_t) (p->max_bytes - total_in);
                         ssize_t n = read(fd, buf + end, room);
+                        ready_in = n == (ssize_t) room; /* short: the queue is most likely empty */
                         if (n > 0) {
                                 last_in = now_usec();
                                 end += (size_t) n;
@@ -174,8 +189,9 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
                         else if (errno != EAGAIN && errno != EINTR)
                                 return errno_to_exit(errno);
                 }
-                if (start < end && (revents & (POLLOUT | POLLHUP | POLLERR))) {
+                if (start < end && ((revents & (POLLOUT | POLLHUP | POLLERR)) || ready_out)) {
                         ssize_t n = send(fd, buf + start, end - start, MSG_NOSIGNAL);
+                        ready_out = n == (ssize_t) (end - start);
                         if (n > 0) {
                                 last_out = now_usec();
                                 start += (size_t) n;
@@ -194,7 +210,10 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
                         return WORKER_PEER_RESET;
         }
 
-        /* everything read has been echoed: send our FIN */
+        /* everything read has been echoed: send our FIN. The master may admit the peer's next
+         * connection from now on, before our exit is reaped. */
+        if (slot)
+                atomic_store_explicit(&slot->finished, 1, memory_order_release);
         if (shutdown(fd, SHUT_WR) < 0)
                 return errno_to_exit(errno);
         if (!eof)

@@ -20,7 +20,8 @@ struct HashMap {
 };
 
 HashMap *hashmap_new(size_t key_size, size_t capacity) {
-        HashMap *m = calloc(1, sizeof(HashMap));
+        /* the header too: a child forked from the owner never copy-on-write faults it either */
+        HashMap *m = mem_alloc_unshared(sizeof(HashMap));
         size_t cap = 16;
 
         if (!m)
@@ -44,7 +45,7 @@ HashMap *hashmap_free(HashMap *m) {
                 mem_free_unshared(m->used, cap);
                 mem_free_unshared(m->keys, cap * m->key_size);
                 mem_free_unshared(m->values, cap * sizeof(int32_t));
-                free(m);
+                mem_free_unshared(m, sizeof(HashMap));
         }
         return NULL;
 }

@@ -89,6 +89,7 @@ class Echod:
         self.args = list(args)
         self.env = env or {}
         self.wrapper = list(wrapper)
+        self.binary = ECHOD
         self.status = None
         self.addresses = []
         # teardown asserts a clean exit (0 on SIGTERM) and no sanitizer report in the log;
@@ -108,7 +109,7 @@ class Echod:
         env = sanitizer_env(dict(os.environ, NOTIFY_SOCKET=self.notify.path, **self.env))
         env.pop("JOURNAL_STREAM", None)
         self.stderr = open(self.stderr_path, "wb")
-        cmd = self.wrapper + [ECHOD, "-D", "-e", "-f", self.conf_path] + self.args
+        cmd = self.wrapper + [self.binary, "-D", "-e", "-f", self.conf_path] + self.args
         preexec = None
         if listen_sock is not None:
             fd = listen_sock.fileno()
@@ -204,13 +205,30 @@ class Echod:
             self.stderr.close()
         return self.proc.returncode if self.proc else None
 
-    def children(self):
-        """PIDs of the master's live children."""
+    @staticmethod
+    def _kids(pid):
         try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
                 return [int(p) for p in f.read().split()]
         except FileNotFoundError:
             return []
+
+    def spawner(self):
+        """PID of echod-spawner, the master's child that forks the connection processes."""
+        for pid in self._kids(self.proc.pid):
+            try:  # by title: the children it forked carry its comm too, but their peer as title
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[0] == b"echod: spawner":
+                        return pid
+            except FileNotFoundError:
+                pass
+        return None
+
+    def children(self):
+        """PIDs of the live connection processes: the spawner's children, and any the master adopted
+        when a spawner died."""
+        spawner = self.spawner()
+        return [p for p in self._kids(self.proc.pid) if p != spawner] + (self._kids(spawner) if spawner else [])
 
 
 def base_config(listen='"127.0.0.1:0"', **keys):

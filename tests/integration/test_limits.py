@@ -61,6 +61,16 @@ def test_max_per_source(echod_factory):
         s.close()
 
 
+def test_reconnect_at_once_is_not_refused(echod_factory):
+    """A client that reconnects the moment it has its echo and our FIN is not refused for the
+    connection it just finished, though that child may not have been reaped yet."""
+    e = echod_factory(max_connections=1, max_per_source=1)
+    for i in range(300):
+        with connect(e.endpoint()) as s:
+            assert echo_roundtrip(s, b"%d" % i) == b"%d" % i, f"round {i} refused"
+    e.wait_status(lambda st: "300 accepted, 0 refused" in st)
+
+
 def test_source_prefix_groups_sources(echod_factory):
     e = echod_factory(listen='"0.0.0.0:0"', max_connections=10, max_per_source=2, source_prefix_v4=24)
     addr = ("127.0.0.1", e.port)
@@ -136,7 +146,7 @@ def test_emfile_backs_off_and_recovers(echod_factory):
 def test_fork_failure_refuses_and_recovers(echod_factory):
     """RLIMIT_NPROC hit: fork() fails, that connection is refused, the master carries on."""
     e = echod_factory(user='"nobody"', max_per_source=0)
-    pid = e.proc.pid
+    pid = e.spawner()  # echod-spawner forks the children
     held = connect(e.endpoint())
     assert ping(held)  # one child of nobody's exists now
     # as nobody (we lack CAP_SYS_RESOURCE to touch another uid's limits); soft limit only

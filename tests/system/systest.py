@@ -319,8 +319,20 @@ class Container:
         out = self.read(f"/proc/{pid}/status")
         return dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
 
-    def children(self, pid):
+    def kids(self, pid):
         return [int(p) for p in self.read(f"/proc/{pid}/task/{pid}/children").split()]
+
+    def spawner(self, main_pid):
+        """echod-spawner: the master's child that forks the connection processes."""
+        for pid in self.kids(main_pid):  # by title: its children carry its comm too
+            if self.cmdline(pid) == "echod: spawner":
+                return pid
+        return None
+
+    def children(self, main_pid):
+        """The connection processes: the spawner's children (and any the master adopted)."""
+        spawner = self.spawner(main_pid)
+        return [p for p in self.kids(main_pid) if p != spawner] + (self.kids(spawner) if spawner else [])
 
     def cmdline(self, pid):
         return self.read(f"/proc/{pid}/cmdline").replace("\0", " ").strip()

@@ -257,7 +257,9 @@ def test_master_and_child_run_unprivileged_with_only_the_units_capability(servic
         assert len(kids) == 1, kids
         child = kids[0]
         assert c.cmdline(child).startswith("echod: 127.0.0.1:"), c.cmdline(child)
-        for pid in (main_pid, child):
+        spawner = c.spawner(main_pid)
+        assert spawner and c.cmdline(spawner).startswith("echod: spawner"), spawner
+        for pid in (main_pid, spawner, child):
             st = c.proc_status(pid)
             uids = [int(x) for x in st["Uid"].split()]
             gids = [int(x) for x in st["Gid"].split()]

@@ -1,0 +1,247 @@
+/* echod-spawner: forks one child per connection the master hands over, and reaps them.
+ *
+ * The master starts it once (spawner.c) with its end of a SOCK_SEQPACKET socketpair as fd 3 and
+ * the slot table's memfd as fd 4. It is linked statically and allocates almost nothing, so a
+ * fork() copies a dozen mappings and a few dirty pages instead of the master's address space:
+ * that is the whole point of it (bench/FINDINGS.md). It never logs (the master does, from the
+ * events it is sent) and exits when the master's end closes.
+ *
+ * Loop: poll the socket and a SIGCHLD signalfd; reap every exited child; read requests (fork for
+ * each connection, store the sandbox, signal all children); send the events in batches. A
+ * master that stops reading makes the spawner stop reading and reaping, never grow. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "echod/child.h"
+#include "echod/children.h"
+#include "shared/hashmap.h"
+#include "shared/macro.h"
+#include "shared/mem.h"
+
+/* requests read per wakeup before events are sent: a few, so exits are reported promptly (until
+ * the master hears of an exit, that connection still counts against the limits) */
+#define BATCH 16
+/* every child has at most a STARTED and an EXITED event outstanding */
+#define EVENTS_CAP (2 * SLOTS_MAX + 2 * BATCH)
+
+/* exit statuses the master's log explains */
+enum { EXIT_OK = 0, EXIT_SETUP = SPAWN_EXIT_SETUP, EXIT_SANDBOX = SPAWN_EXIT_SANDBOX };
+
+/* Set once at start (or at the first SPAWN_SANDBOX) and only read after: these pages stay shared
+ * with every child. */
+static SlotShared *slots;
+static HashMap *live; /* pid → slot of every child not yet reaped */
+static SpawnSandbox sandbox; /* the children read it */
+static bool sandbox_set;
+static char *title_area;
+static size_t title_size;
+
+/* Written at every turn of the loop: kept out of the children (MADV_DONTFORK), so writing it after
+ * a fork is no copy-on-write fault (one per page per fork, otherwise). */
+typedef struct State {
+        SpawnRequest req;
+        size_t n_events;
+        SpawnEvent events[EVENTS_CAP]; /* unsent, in order */
+} State;
+static State *st;
+
+static void push_event(uint32_t type, uint32_t slot, pid_t pid, int value) {
+        st->events[st->n_events++] = (SpawnEvent) { .type = type, .slot = slot, .pid = pid, .value = value };
+}
+
+static bool events_room(size_t n) {
+        return st->n_events + n <= EVENTS_CAP;
+}
+
+/* Send what is queued, a datagram at a time; stops at EAGAIN. Returns 0 or -errno (master gone). */
+static int flush_events(int sock) {
+        size_t sent = 0;
+
+        while (sent < st->n_events) {
+                size_t n = MIN(st->n_events - sent, (size_t) SPAWN_EVENTS_MAX);
+                if (send(sock, st->events + sent, n * sizeof(SpawnEvent), MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+                        if (errno == EAGAIN || errno == EINTR)
+                                break;
+                        return negative_errno();
+                }
+                sent += n;
+        }
+        memmove(st->events, st->events + sent, (st->n_events - sent) * sizeof(SpawnEvent));
+        st->n_events -= sent;
+        return 0;
+}
+
+/* Reap what exited; if it stops for want of room for the events, it goes on after the next send. */
+static bool reap_pending;
+
+static void reap(void) {
+        int status;
+        pid_t pid;
+
+        reap_pending = true;
+        while (events_room(1)) {
+                pid = waitpid(-1, &status, WNOHANG);
+                if (pid <= 0) {
+                        reap_pending = false;
+                        return;
+                }
+                hashmap_remove(live, &pid);
+                push_event(SPAWN_EXITED, 0, pid, status);
+        }
+}
+
+static void spawn(const SpawnConnection *request, int fd) {
+        SpawnConnection req = *request; /* the child cannot see st */
+        pid_t pid;
+
+        if (req.slot >= SLOTS_MAX) {
+                push_event(SPAWN_FAILED, req.slot, 0, -EINVAL);
+                return;
+        }
+        /* _Fork(): no atfork handlers, no malloc or stdio locks taken and released around it (each
+         * a write to a libc page, then a copy-on-write fault); this process is single-threaded and
+         * the child allocates nothing */
+        pid = _Fork();
+        if (pid == 0)
+                child_main(fd, &slots[req.slot], &req, &sandbox, title_area, title_size);
+        if (pid < 0) {
+                push_event(SPAWN_FAILED, req.slot, 0, negative_errno());
+                return;
+        }
+        /* for the master, should this process die before the STARTED event is sent */
+        atomic_store_explicit(&slots[req.slot].pid, (uint64_t) pid, memory_order_relaxed);
+        (void) hashmap_put(live, &pid, (int32_t) req.slot);
+        push_event(SPAWN_STARTED, req.slot, pid, 0);
+}
+
+static void signal_all(int sig) {
+        const void *key;
+        size_t pos = 0;
+        int32_t slot;
+
+        while (hashmap_next(live, &pos, &key, &slot)) {
+                pid_t pid;
+                memcpy(&pid, key, sizeof(pid));
+                (void) kill(pid, sig);
+        }
+}
+
+/* Read and act on up to BATCH requests. Returns 0, 1 when the master closed its end, or -errno
+ * when the sandbox could not be entered. */
+static int read_requests(int sock) {
+        SpawnRequest *req = &st->req;
+
+        for (unsigned i = 0; i < BATCH && events_room(2); i++) {
+                union {
+                        struct cmsghdr h;
+                        char buf[CMSG_SPACE(sizeof(int))];
+                } control;
+                struct iovec iov = { .iov_base = req, .iov_len = sizeof(*req) };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                                     .msg_controllen = sizeof(control) };
+                int fd = -1;
+
+                ssize_t n = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+                if (n == 0)
+                        return 1;
+                if (n < 0)
+                        return errno == EAGAIN || errno == EINTR ? 0 : 1;
+                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+                        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+                            c->cmsg_len == CMSG_LEN(sizeof(int)))
+                                memcpy(&fd, CMSG_DATA(c), sizeof(int));
+
+                if (req->type == SPAWN_CONNECTION && n == sizeof(SpawnConnection) && fd >= 0 && sandbox_set) {
+                        spawn(&req->connection, fd);
+                        reap(); /* one cheap wait4() while forking a burst */
+                }
+                else if (req->type == SPAWN_SANDBOX && n == sizeof(SpawnSandbox) &&
+                         req->sandbox.filter_len <= SPAWN_FILTER_MAX && !sandbox_set) {
+                        /* once: the filter cannot be taken back, and the master sends no other */
+                        sandbox = req->sandbox;
+                        sandbox_set = true;
+                        int r = sandbox_enter_spawner(&sandbox);
+                        if (r < 0)
+                                return r;
+                }
+                else if (req->type == SPAWN_SIGNAL && n == sizeof(SpawnSignal))
+                        signal_all(req->signal.signal);
+                else if (req->type == SPAWN_CONNECTION)
+                        push_event(SPAWN_FAILED, n >= (ssize_t) sizeof(SpawnConnection) ? req->connection.slot : 0,
+                                   0, -EBADMSG);
+                safe_close(fd);
+        }
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        struct pollfd p[2];
+        sigset_t mask;
+        int sigfd;
+
+        if (argc < 1 || fcntl(SPAWN_FD_SOCKET, F_GETFD) < 0)
+                return EXIT_SETUP; /* not started by echod */
+        /* the children's titles go where our arguments are: from argv[0] to the last NUL */
+        title_area = argv[0];
+        title_size = (size_t) (argv[argc - 1] + strlen(argv[argc - 1]) + 1 - argv[0]);
+
+        slots = mmap(NULL, sizeof(SlotShared) * SLOTS_MAX, PROT_READ | PROT_WRITE, MAP_SHARED, SPAWN_FD_SLOTS, 0);
+        if (slots == MAP_FAILED)
+                return EXIT_SETUP;
+        (void) close(SPAWN_FD_SLOTS);
+        live = hashmap_new(sizeof(pid_t), SLOTS_MAX * 2);
+        st = mem_alloc_unshared(sizeof(State));
+        if (!live || !st || child_prepare_once() < 0)
+                return EXIT_SETUP;
+
+        /* SIGTERM is blocked here and in every child outside its ppoll; SIGCHLD goes to a signalfd.
+         * A terminal's SIGINT/SIGQUIT/SIGHUP reach the master, which drains through us. */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGCHLD);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGQUIT);
+        sigaddset(&mask, SIGHUP);
+        if (sigprocmask(SIG_SETMASK, &mask, NULL) < 0)
+                return EXIT_SETUP;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGCHLD);
+        sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+        if (sigfd < 0)
+                return EXIT_SETUP;
+
+        for (;;) {
+                p[0] = (struct pollfd) { .fd = SPAWN_FD_SOCKET, .events = (events_room(2) ? POLLIN : 0) |
+                                                                         (st->n_events > 0 ? POLLOUT : 0) };
+                p[1] = (struct pollfd) { .fd = sigfd, .events = POLLIN };
+                if (poll(p, 2, -1) < 0 && errno != EINTR)
+                        return EXIT_SETUP;
+                if (p[1].revents) {
+                        /* SIGCHLD is not queued: one read empties the signalfd */
+                        struct signalfd_siginfo si;
+                        (void) read(sigfd, &si, sizeof(si));
+                        reap_pending = true;
+                }
+                /* a slot's EXITED never overtakes its STARTED: both are in order */
+                if (reap_pending)
+                        reap();
+                if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+                        int r = read_requests(SPAWN_FD_SOCKET);
+                        if (r < 0)
+                                return EXIT_SANDBOX; /* fail closed: no child without its sandbox */
+                        if (r > 0)
+                                return EXIT_OK; /* the master is gone; the children finish alone */
+                }
+                if (st->n_events > 0 && flush_events(SPAWN_FD_SOCKET) < 0)
+                        return EXIT_OK;
+        }
+}

@@ -1,0 +1,124 @@
+"""echod-spawner, the small static process that forks the connection processes: its own sandbox,
+what it costs a child, and what happens when it dies (connections go on, records are kept, a new
+spawner serves new connections, a drain still reaches every child)."""
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import ECHOD, base_config, connect, ping, proc_status, wait_until
+
+
+def maps(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read().splitlines()
+
+
+def test_spawner_is_sandboxed_once_and_children_inherit(echod_factory):
+    e = echod_factory()
+    s = connect(e.endpoint())
+    assert ping(s)
+    spawner = e.spawner()
+    assert spawner is not None
+    with open(f"/proc/{spawner}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0] == b"echod: spawner"
+    (child,) = e.children()
+    for pid in (spawner, child):
+        st = proc_status(pid)
+        assert st["Seccomp"] == "2" and st["NoNewPrivs"] == "1", (pid, st["Seccomp"])
+        # one filter, loaded by the spawner and inherited: no child compiles its own
+        assert st["Seccomp_filters"] == "1", (pid, st["Seccomp_filters"])
+        for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+            assert int(st[cap], 16) == 0, (pid, cap, st[cap])
+    # the child is a copy of the spawner, not of the master: none of the master's libraries
+    master_libs = {ln.split()[-1] for ln in maps(e.proc.pid) if ".so" in ln}
+    child_files = {ln.split()[-1] for ln in maps(child) if len(ln.split()) >= 6}
+    assert any("libsystemd" in lib for lib in master_libs)
+    assert not any("libsystemd" in f or "libconfuse" in f for f in child_files), child_files
+    s.close()
+
+
+def test_spawner_death_keeps_connections_and_a_new_one_serves(echod_factory):
+    e = echod_factory()
+    held = [connect(e.endpoint()) for _ in range(3)]
+    for s in held:
+        assert ping(s)
+    old = e.spawner()
+    kids = sorted(e.children())
+    assert len(kids) == 3
+
+    os.kill(old, signal.SIGKILL)
+    e.wait_log(rf"echod-spawner \(pid {old}\) was killed by SIGKILL; its 3 connections continue")
+    e.wait_log(r"started a new echod-spawner \(pid \d+\)")
+    new = wait_until(lambda: e.spawner() not in (None, old) and e.spawner(), 5, "a new spawner")
+    assert new != old
+    # the orphans are the master's now (subreaper), and still echo every byte
+    assert sorted(e._kids(e.proc.pid)) == sorted(kids + [new])
+    for s in held:
+        assert ping(s, os.urandom(50000))
+    # new connections go through the new spawner
+    fresh = connect(e.endpoint())
+    assert ping(fresh)
+    assert len(e._kids(new)) == 1
+    # an adopted child's end is recorded like any other, with its byte counts
+    held[0].shutdown(1)
+    assert held[0].recv(1) == b""
+    held[0].close()
+    e.wait_log(rf"closed: clean, 50004 bytes in, 50004 bytes out, [\d.]+ s, pid {kids[0]}|"
+               rf"closed: clean, 50004 bytes in, 50004 bytes out, [\d.]+ s, pid {kids[1]}|"
+               rf"closed: clean, 50004 bytes in, 50004 bytes out, [\d.]+ s, pid {kids[2]}")
+    # a drain reaches the adopted children too (the master signals them itself)
+    fresh.close()
+    rest = held[1:]
+    e.proc.send_signal(signal.SIGTERM)
+    for s in rest:
+        assert s.recv(1) == b""  # FIN after the drain, no RST
+        s.close()
+    assert e.proc.wait(timeout=15) == 0
+    assert e.log().count("closed: drained") == 2
+
+
+def test_spawner_exits_when_master_is_gone(echod_factory):
+    e = echod_factory()
+    spawner = e.spawner()
+    e.check_exit = False
+    e.proc.send_signal(signal.SIGKILL)
+    e.proc.wait(timeout=10)
+
+    def gone():
+        try:
+            with open(f"/proc/{spawner}/stat") as f:
+                return f.read().split(")")[1].split()[0] == "Z"  # exited, not reaped by us
+        except FileNotFoundError:
+            return True
+    wait_until(gone, 5, "the spawner to exit at the end of its socket")
+
+
+def test_sandbox_change_waits_for_restart(echod_factory):
+    e = echod_factory()
+    s = connect(e.endpoint())
+    assert ping(s)
+    e.write_config(base_config(sandbox="false"))
+    e.reload()
+    e.wait_log(r"'sandbox' changes take effect when echod restarts; it stays true")
+    fresh = connect(e.endpoint())
+    assert ping(fresh)
+    child = max(e.children())
+    assert proc_status(child)["Seccomp"] == "2"
+    s.close()
+    fresh.close()
+
+
+def test_missing_spawner_is_a_clear_startup_error(tmp_path):
+    # a copy of echod without echod-spawner next to it, and none installed
+    lonely = tmp_path / "echod"
+    lonely.write_bytes(open(ECHOD, "rb").read())
+    lonely.chmod(0o755)
+    conf = tmp_path / "echod.conf"
+    conf.write_text('listen = { "127.0.0.1:0" }\nuser = ""\ncontrol_socket = ""\n')
+    if os.path.exists("/usr/libexec/echod/echod-spawner"):
+        pytest.skip("an installed echod-spawner would be used, rightly")
+    p = subprocess.run([str(lonely), "-D", "-e", "-f", str(conf)], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1
+    assert "Failed to start echod-spawner: No such file or directory" in p.stderr
