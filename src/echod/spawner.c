@@ -6,11 +6,13 @@
  * connections. A hand-off that cannot be sent at once waits in order in m->handoff. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,6 +28,8 @@
 #define TITLE_PAD 56
 /* a spawner that dies within this of its start is started again only after it */
 #define RESTART_HOLDOFF_USEC USEC_PER_SEC
+/* at exit: how long the spawner gets to go after its socket is closed */
+#define STOP_WAIT_MSEC 2000
 
 static char spawner_path[4096];
 
@@ -226,8 +230,14 @@ static void close_channel(Manager *m) {
 void spawner_stop(Manager *m) {
         close_channel(m);
         m->restart_timer = sd_event_source_disable_unref(m->restart_timer);
-        if (m->spawner_pid > 0)
-                (void) waitpid(m->spawner_pid, NULL, 0); /* it exits at the end of its socket */
+        if (m->spawner_pid > 0) {
+                /* it exits at the end of its socket; one that does not (stopped, stuck) is killed */
+                _cleanup_(closep) int pidfd = pidfd_open(m->spawner_pid, 0);
+                struct pollfd p = { .fd = pidfd, .events = POLLIN };
+                if (pidfd < 0 || poll(&p, 1, STOP_WAIT_MSEC) <= 0)
+                        (void) kill(m->spawner_pid, SIGKILL);
+                (void) waitpid(m->spawner_pid, NULL, 0);
+        }
         m->spawner_pid = 0;
 }
 

@@ -95,6 +95,16 @@ def test_spawner_exits_when_master_is_gone(echod_factory):
     wait_until(gone, 5, "the spawner to exit at the end of its socket")
 
 
+def test_stuck_spawner_does_not_hang_the_stop(echod_factory):
+    """A spawner that does not exit when its socket closes (here: stopped) is killed at stop,
+    a bounded wait later, and the master still exits 0."""
+    e = echod_factory()
+    spawner = e.spawner()
+    os.kill(spawner, signal.SIGSTOP)
+    assert e.stop(timeout=15) == 0, e.log()[-2000:]
+    assert not os.path.exists(f"/proc/{spawner}")  # killed and reaped by the master
+
+
 def test_sandbox_change_waits_for_restart(echod_factory):
     e = echod_factory()
     s = connect(e.endpoint())
