@@ -26,7 +26,8 @@ struct Sandbox {
 /* What the echo loop needs (worker.c, child.c), and the spawner's loop (spawner-main.c): the
  * filter is loaded once into the spawner and inherited by every child. Of the spawner's calls a
  * child could misuse only clone, and its RLIMIT_NPROC is 0; kill is no more than tgkill, which
- * abort() needs anyway. */
+ * abort() needs anyway. prlimit64 is allowed on the caller only (below): a child cannot lower
+ * the master's limits. */
 static const int allowed[] = {
         /* the echo loop */
         SCMP_SYS(read),         SCMP_SYS(write),      SCMP_SYS(readv),        SCMP_SYS(writev),
@@ -37,7 +38,7 @@ static const int allowed[] = {
         SCMP_SYS(restart_syscall), SCMP_SYS(exit),    SCMP_SYS(exit_group),   SCMP_SYS(getpid),
         SCMP_SYS(gettid),       SCMP_SYS(tgkill), /* abort() */
         /* a child's setup after fork */
-        SCMP_SYS(set_robust_list), SCMP_SYS(dup3),    SCMP_SYS(close_range),  SCMP_SYS(prlimit64),
+        SCMP_SYS(set_robust_list), SCMP_SYS(dup3),    SCMP_SYS(close_range),
         /* the spawner: fork, reap, signal */
         SCMP_SYS(clone),        SCMP_SYS(wait4),      SCMP_SYS(kill),
 #if defined(__SANITIZE_ADDRESS__)
@@ -60,6 +61,9 @@ static int compile_filter(struct sock_fprog *ret) {
                 return -ENOMEM;
         for (size_t i = 0; i < ELEMENTSOF(allowed) && r >= 0; i++)
                 r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allowed[i], 0);
+        /* setrlimit(): a child's RLIMIT_NPROC, pid 0 = itself */
+        if (r >= 0)
+                r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 1, SCMP_A0(SCMP_CMP_EQ, 0));
         /* no_new_privs is set explicitly by the spawner, right before loading */
         if (r >= 0)
                 r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);

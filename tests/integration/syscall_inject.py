@@ -11,6 +11,8 @@ import platform
 PTRACE_SINGLESTEP, PTRACE_GETREGS, PTRACE_SETREGS, PTRACE_ATTACH, PTRACE_DETACH = 9, 12, 13, 16, 17
 WALL = 0x40000000
 SYS_socket = 41
+SYS_prlimit64 = 302
+RLIMIT_NOFILE = 7
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]

@@ -87,6 +87,26 @@ def test_forbidden_syscall_kills_only_that_child(echod_factory, sandbox):
     victim.close()
 
 
+def test_child_may_limit_itself_but_not_the_master(echod_factory):
+    """prlimit64 stays in the filter for a child's own RLIMIT_NPROC, on itself only: a child
+    that tries the master's limits is killed, and the master's stay as they were."""
+    if not syscall_inject.supported():
+        pytest.skip("syscall injection is implemented for x86_64 only")
+    e = echod_factory()
+    s, child = one_child(e)
+    before = proc_limits(e.proc.pid)["Max open files"]
+    # prlimit64(0, RLIMIT_NOFILE, NULL, NULL): a no-op on itself
+    assert syscall_inject.inject_syscall(child, syscall_inject.SYS_prlimit64, 0,
+                                         syscall_inject.RLIMIT_NOFILE, 0, 0) == ("returned", 0)
+    assert ping(s)
+    outcome = syscall_inject.inject_syscall(child, syscall_inject.SYS_prlimit64, e.proc.pid,
+                                            syscall_inject.RLIMIT_NOFILE, 0, 0)
+    assert outcome == ("killed", 31), outcome  # SIGSYS
+    e.wait_log(rf"closed: killed-by-SIGSYS, \d+ bytes in, \d+ bytes out, [\d.]+ s, pid {child}")
+    assert proc_limits(e.proc.pid)["Max open files"] == before
+    s.close()
+
+
 def test_child_of_a_privileged_master_has_no_capabilities(echod_factory):
     """Whatever the master holds (root here; CAP_NET_BIND_SERVICE under the unit), a child
     drops every capability set."""
