@@ -522,21 +522,25 @@ int accept_apply_config(Manager *m, const Config *old) {
         Acl *acl;
         int r;
 
+        if (!old || old->sandbox != c->sandbox) {
+                Sandbox *sb;
+                r = sandbox_new(c->sandbox, &sb);
+                if (r < 0) {
+                        if (old)
+                                m->config->sandbox = old->sandbox;
+                        return r;
+                }
+                sandbox_free(m->sandbox);
+                m->sandbox = sb;
+                /* the running spawner entered the old one for good: a new spawner takes over */
+                if (old)
+                        spawner_retire(m);
+        }
         r = acl_new(&c->allow, &c->deny, &acl);
         if (r < 0)
                 return r;
         acl_free(m->acl);
         m->acl = acl;
-        if (!old) {
-                r = sandbox_new(c->sandbox, &m->sandbox);
-                if (r < 0)
-                        return r;
-        } else if (old->sandbox != c->sandbox) {
-                /* the spawner entered it once and for good; a new one would need a new spawner */
-                log_warning("%s: 'sandbox' changes take effect when echod restarts; it stays %s", c->path,
-                            old->sandbox ? "true" : "false");
-                m->config->sandbox = old->sandbox;
-        }
         if (!m->source_rates) {
                 r = rate_table_new(SOURCE_RATES_MAX, &m->source_rates);
                 if (r < 0)

@@ -68,6 +68,7 @@ typedef struct Manager {
         sd_event_source *spawner_io;
         sd_event_source *restart_timer;
         uint64_t spawner_started_usec;
+        bool spawner_retiring; /* told to finish and exit; hand-offs wait for the next one */
         Counters counters;
         RefusalWindow refusal_windows[_REFUSE_MAX];
         sd_event_source *refusal_timer;
@@ -128,6 +129,9 @@ void children_gone(Manager *m);
 int spawner_start(Manager *m);
 /* At exit: close the socket (the spawner exits) and reap it. */
 void spawner_stop(Manager *m);
+/* The sandbox changed: the spawner finishes the hand-offs it has and exits; a new one, in the
+ * new sandbox, takes the next. Its running children go on in the old one, adopted. */
+void spawner_retire(Manager *m);
 /* Hand c (slot committed) to the spawner, now or when its socket has room. Takes c. */
 void spawner_handoff(Manager *m, Conn *c);
 /* Stopping: close the hand-offs not yet sent. */

@@ -244,6 +244,10 @@ int main(int argc, char *argv[]) {
                 if (st->n_events > 0 && flush_events(SPAWN_FD_SOCKET) < 0)
                         break;
         }
+        /* what exited meanwhile is reported if the master still reads (a retired spawner: the
+         * master shut down only its sending side) */
+        reap();
+        (void) flush_events(SPAWN_FD_SOCKET);
         /* Sandboxed, skip the atexit work: there is nothing to flush, and a sanitizer build's
          * leak check would clone a tracer the filter kills (and then wait for it forever). */
         if (sandbox_set && sandbox.enabled)

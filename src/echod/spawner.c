@@ -80,14 +80,15 @@ static int send_connection(Manager *m, Conn *c) {
         cm->cmsg_type = SCM_RIGHTS;
         cm->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(cm), &c->fd, sizeof(int));
-        if (m->spawner_fd < 0)
+        if (m->spawner_fd < 0 || m->spawner_retiring)
                 return -EAGAIN;
         return sendmsg(m->spawner_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
 }
 
 static void update_io(Manager *m) {
         if (m->spawner_io)
-                (void) sd_event_source_set_io_events(m->spawner_io, EPOLLIN | (m->handoff.head ? EPOLLOUT : 0));
+                (void) sd_event_source_set_io_events(m->spawner_io,
+                                                     EPOLLIN | (m->handoff.head && !m->spawner_retiring ? EPOLLOUT : 0));
 }
 
 /* Send queued hand-offs in order until the socket is full. */
@@ -241,6 +242,59 @@ void spawner_stop(Manager *m) {
         m->spawner_pid = 0;
 }
 
+static int on_retire_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        log_warning("echod-spawner (pid %d) did not exit within %u ms of being retired, killing it",
+                    (int) m->spawner_pid, STOP_WAIT_MSEC);
+        (void) kill(m->spawner_pid, SIGKILL);
+        return 0;
+}
+
+void spawner_retire(Manager *m) {
+        if (m->spawner_pid <= 0 || m->spawner_fd < 0 || m->spawner_retiring)
+                return; /* the next spawner to start enters the new sandbox anyway */
+        /* it reads what was sent before, reports, and exits at the end of the stream */
+        if (shutdown(m->spawner_fd, SHUT_WR) < 0) {
+                (void) kill(m->spawner_pid, SIGKILL);
+                return;
+        }
+        m->spawner_retiring = true;
+        update_io(m);
+        log_info("sandbox is now %s: echod-spawner (pid %d) hands over to a new one; running connections "
+                 "keep the sandbox they started in", m->config->sandbox ? "on" : "off", (int) m->spawner_pid);
+        m->restart_timer = sd_event_source_disable_unref(m->restart_timer);
+        (void) sd_event_add_time_relative(m->event, &m->restart_timer, CLOCK_MONOTONIC,
+                                          (uint64_t) STOP_WAIT_MSEC * USEC_PER_MSEC, 0, on_retire_timeout, m);
+}
+
+/* The spawner's children are the master's now. Those it reaped but could not report (it died
+ * between its wait4() and its send) are not: waitpid() says ECHILD, and their end is recorded
+ * as unknown. Returns how many went away. */
+static unsigned adopt_children(Manager *m, unsigned *ret_adopted) {
+        unsigned gone = 0;
+        bool again = true;
+
+        *ret_adopted = child_table_adopt_all(m->children);
+        while (again) {
+                size_t pos = 0;
+                const Child *c;
+                again = false;
+                while ((c = child_table_next(m->children, &pos))) {
+                        int status;
+                        pid_t pid = c->pid, r = waitpid(pid, &status, WNOHANG);
+                        if (r == 0 || (r < 0 && errno != ECHILD))
+                                continue;
+                        record_exit(m, pid, r == pid ? status : W_EXITCODE(255, 0));
+                        (*ret_adopted)--;
+                        gone++;
+                        again = true; /* the table changed under the iterator */
+                        break;
+                }
+        }
+        return gone;
+}
+
 static int on_restart(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
         int r = spawner_start(m);
@@ -254,17 +308,20 @@ static int on_restart(sd_event_source *s, uint64_t usec, void *userdata) {
                 return sd_event_add_time_relative(m->event, &m->restart_timer, CLOCK_MONOTONIC,
                                                   RESTART_HOLDOFF_USEC, 0, on_restart, m);
         }
-        log_notice("started a new echod-spawner (pid %d)", (int) m->spawner_pid);
+        log_notice("started a new echod-spawner (pid %d, sandbox %s)", (int) m->spawner_pid,
+                   m->config->sandbox ? "on" : "off");
         return 0;
 }
 
 bool spawner_reaped(Manager *m, pid_t pid, int status) {
         unsigned adopted, lost = 0;
         int slot, pos = 0;
+        bool retired = m->spawner_retiring && WIFEXITED(status) && WEXITSTATUS(status) == 0;
 
         if (pid != m->spawner_pid)
                 return false;
         m->spawner_pid = 0;
+        m->spawner_retiring = false;
         /* what it sent before dying is still true */
         if (spawner_read_events(m) > 0)
                 children_gone(m);
@@ -280,8 +337,11 @@ bool spawner_reaped(Manager *m, pid_t pid, int status) {
                         lost++;
                 }
         }
-        adopted = child_table_adopt_all(m->children);
-        if (WIFSIGNALED(status)) {
+        if (adopt_children(m, &adopted) > 0)
+                children_gone(m);
+        if (retired)
+                log_info("echod-spawner (pid %d) retired; its %u connections continue", (int) pid, adopted);
+        else if (WIFSIGNALED(status)) {
                 const char *sig = sigabbrev_np(WTERMSIG(status));
                 log_error("echod-spawner (pid %d) was killed by SIG%s; its %u connections continue, %u not started "
                           "were closed", (int) pid, sig ? sig : "?", adopted, lost);
@@ -297,6 +357,7 @@ bool spawner_reaped(Manager *m, pid_t pid, int status) {
         uint64_t since = now_usec() - m->spawner_started_usec;
         m->restart_timer = sd_event_source_disable_unref(m->restart_timer);
         (void) sd_event_add_time_relative(m->event, &m->restart_timer, CLOCK_MONOTONIC,
-                                          since < RESTART_HOLDOFF_USEC ? RESTART_HOLDOFF_USEC : 0, 0, on_restart, m);
+                                          !retired && since < RESTART_HOLDOFF_USEC ? RESTART_HOLDOFF_USEC : 0, 0,
+                                          on_restart, m);
         return true;
 }

@@ -50,7 +50,7 @@ def test_spawner_death_keeps_connections_and_a_new_one_serves(echod_factory):
 
     os.kill(old, signal.SIGKILL)
     e.wait_log(rf"echod-spawner \(pid {old}\) was killed by SIGKILL; its 3 connections continue")
-    e.wait_log(r"started a new echod-spawner \(pid \d+\)")
+    e.wait_log(r"started a new echod-spawner \(pid \d+, sandbox on\)")
     new = wait_until(lambda: e.spawner() not in (None, old) and e.spawner(), 5, "a new spawner")
     assert new != old
     # the orphans are the master's now (subreaper), and still echo every byte
@@ -105,18 +105,39 @@ def test_stuck_spawner_does_not_hang_the_stop(echod_factory):
     assert not os.path.exists(f"/proc/{spawner}")  # killed and reaped by the master
 
 
-def test_sandbox_change_waits_for_restart(echod_factory):
+def test_sandbox_change_at_reload_hands_over_to_a_new_spawner(echod_factory):
+    """A filter cannot be unloaded: a reload that turns the sandbox off retires the spawner and
+    starts a new one outside it. Running connections keep the sandbox they started in, go on
+    echoing, and are recorded; new ones get the new setting; and back on again."""
     e = echod_factory()
-    s = connect(e.endpoint())
-    assert ping(s)
+    held = connect(e.endpoint())
+    assert ping(held)
+    (old_child,) = e.children()
+    old_spawner = e.spawner()
     e.write_config(base_config(sandbox="false"))
     e.reload()
-    e.wait_log(r"'sandbox' changes take effect when echod restarts; it stays true")
+    e.wait_log(rf"echod-spawner \(pid {old_spawner}\) retired; its 1 connections continue")
+    e.wait_log(r"started a new echod-spawner \(pid \d+, sandbox off\)")
+    wait_until(lambda: e.spawner() not in (None, old_spawner), 5, "the new spawner")
+    assert proc_status(e.spawner())["Seccomp"] == "0"
     fresh = connect(e.endpoint())
     assert ping(fresh)
-    child = max(e.children())
-    assert proc_status(child)["Seccomp"] == "2"
-    s.close()
+    new_child = max(set(e.children()) - {old_child})
+    assert proc_status(new_child)["Seccomp"] == "0"
+    assert proc_status(old_child)["Seccomp"] == "2"  # unchanged: it started sandboxed
+    assert ping(held, os.urandom(50000))
+    held.shutdown(1)
+    assert held.recv(1) == b""
+    held.close()
+    e.wait_log(rf"closed: clean, 50004 bytes in, 50004 bytes out, [\d.]+ s, pid {old_child}")
+    # and on again
+    e.write_config(base_config(sandbox="true"))
+    e.reload()
+    e.wait_log(r"started a new echod-spawner \(pid \d+, sandbox on\)")
+    with connect(e.endpoint()) as s:
+        assert ping(s)
+        assert proc_status(max(set(e.children()) - {new_child}))["Seccomp"] == "2"
+    assert ping(fresh)
     fresh.close()
 
 
