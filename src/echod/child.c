@@ -29,10 +29,8 @@
 /* stdio, the connection, the spawner's few, and slack */
 #define CHILD_NOFILE 16
 
-static volatile sig_atomic_t stop_requested;
-
 static void on_sigterm(int sig) {
-        stop_requested = 1;
+        worker_request_stop();
 }
 
 static int raise_oom_score_adj(int bonus) {
@@ -102,7 +100,7 @@ static int sandbox_enter_child(const SpawnSandbox *s) {
 
 _Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, const SpawnSandbox *sb,
                           char *title_area, size_t title_size) {
-        sigset_t during_poll;
+        sigset_t term;
 
         /* the connection becomes fd 3 (over the spawner's socket); every other fd above stdio goes */
         if (fd != 3) {
@@ -124,7 +122,11 @@ _Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, 
         if (sandbox_enter_child(sb) < 0)
                 _exit(WORKER_SETUP_FAILED);
 
-        /* SIGTERM stays blocked (inherited from the spawner) except inside ppoll */
-        sigemptyset(&during_poll);
-        _exit(worker_echo(fd, slot, &req->params, &stop_requested, &during_poll));
+        /* SIGTERM (a drain), blocked in the spawner, is let in: one sent already arrives now, and
+         * the worker looks at it before any wait */
+        sigemptyset(&term);
+        sigaddset(&term, SIGTERM);
+        if (sigprocmask(SIG_UNBLOCK, &term, NULL) < 0)
+                _exit(WORKER_SETUP_FAILED);
+        _exit(worker_echo(fd, slot, &req->params));
 }

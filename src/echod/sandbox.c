@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "shared/io.h"
@@ -64,6 +65,10 @@ static int compile_filter(struct sock_fprog *ret) {
         /* setrlimit(): a child's RLIMIT_NPROC, pid 0 = itself */
         if (r >= 0)
                 r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 1, SCMP_A0(SCMP_CMP_EQ, 0));
+        /* the worker's receive timeout (its deadlines, and a drain cutting a wait short) */
+        if (r >= 0)
+                r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setsockopt), 2, SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET),
+                                     SCMP_A2(SCMP_CMP_EQ, SO_RCVTIMEO));
         /* no_new_privs is set explicitly by the spawner, right before loading */
         if (r >= 0)
                 r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);

@@ -1,9 +1,12 @@
 /* The echo loop: one accepted connection, echoed until the peer is done (RFC 862).
  *
- * Non-blocking socket, one buffer, ppoll. Reading stops while the buffer is full, so a client that
- * does not read its echo is held back by TCP flow control, not by our memory. On the peer's FIN
- * we echo what is pending, then shutdown(SHUT_WR): the peer gets every byte and a FIN, never an
- * RST. The child never logs: the master records how it ended from the exit code. */
+ * One buffer. With nothing to send, the worker sleeps in a blocking recv() (SO_RCVTIMEO is the
+ * next deadline): one system call per echo besides the send, as a textbook read/write loop; every
+ * other call is MSG_DONTWAIT, and ppoll() waits only while an echo is pending. Reading stops while
+ * the buffer is full, so a client that does not read its echo is held back by TCP flow control,
+ * not by our memory. On the peer's FIN we echo what is pending, then shutdown(SHUT_WR): the peer
+ * gets every byte and a FIN, never an RST. The child never logs: the master records how it ended
+ * from the exit code. */
 #include "echod/worker.h"
 
 #include <errno.h>
@@ -35,6 +38,25 @@ static const char *const exit_reasons[_WORKER_EXIT_MAX] = {
 
 /* After our FIN, how long to wait for the peer's before closing anyway. */
 #define LINGER_USEC (5 * USEC_PER_SEC)
+/* A SIGTERM that lands between the loop's check and its ppoll() is seen this much later at most
+ * (a blocking recv() is cut short by worker_request_stop() itself). */
+#define STOP_CHECK_USEC (250 * USEC_PER_MSEC)
+/* SO_RCVTIMEO is set again only when it is this far from the next deadline */
+#define RCVTIMEO_SLACK_USEC (10 * USEC_PER_MSEC)
+
+static volatile sig_atomic_t stop;
+static volatile int worker_fd = -1;
+
+void worker_request_stop(void) {
+        int saved = errno;
+
+        stop = 1;
+        /* a recv() about to block returns at once; one blocking already gets EINTR */
+        if (worker_fd >= 0)
+                (void) setsockopt(worker_fd, SOL_SOCKET, SO_RCVTIMEO, &(struct timeval) { .tv_usec = 1 },
+                                  sizeof(struct timeval));
+        errno = saved;
+}
 
 const char *worker_exit_reason(int code) {
         return code >= 0 && code < _WORKER_EXIT_MAX ? exit_reasons[code] : "unknown-exit";
@@ -53,7 +75,7 @@ static void account(SlotShared *slot, _Atomic uint64_t *counter, size_t n, uint6
 }
 
 /* Wait for events until deadline (0 = none). Returns >0 ready, 0 timed out, -EINTR, -errno. */
-static int wait_fd(int fd, short events, short *revents, uint64_t deadline, const sigset_t *mask) {
+static int wait_fd(int fd, short events, short *revents, uint64_t deadline) {
         struct pollfd pfd = { .fd = fd, .events = events };
         struct timespec ts, *tsp = NULL;
 
@@ -66,7 +88,7 @@ static int wait_fd(int fd, short events, short *revents, uint64_t deadline, cons
                                          .tv_nsec = (long) (left % USEC_PER_SEC * NSEC_PER_USEC) };
                 tsp = &ts;
         }
-        int r = ppoll(&pfd, 1, tsp, mask);
+        int r = ppoll(&pfd, 1, tsp, NULL);
         if (r < 0)
                 return negative_errno();
         *revents = pfd.revents;
@@ -74,20 +96,40 @@ static int wait_fd(int fd, short events, short *revents, uint64_t deadline, cons
 }
 
 /* After our FIN: read and discard until the peer's FIN, so that close() sends no RST. */
-static void linger_until_eof(int fd, uint64_t deadline, const sigset_t *mask) {
+static void linger_until_eof(int fd, uint64_t deadline) {
         char sink[4096];
 
         for (;;) {
-                ssize_t n = read(fd, sink, sizeof(sink));
+                ssize_t n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
                 if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
                         return;
                 if (n > 0)
                         continue;
                 short revents;
-                int r = wait_fd(fd, POLLIN, &revents, deadline, mask);
+                int r = wait_fd(fd, POLLIN, &revents, deadline);
                 if (r == 0 || (r < 0 && r != -EINTR))
                         return;
         }
+}
+
+/* Make a blocking recv() return by deadline (0 = none), give or take RCVTIMEO_SLACK_USEC. *cur
+ * is what is set (0 = none). Returns 1, 0 if deadline has passed, or -errno. */
+static int set_rcvtimeo(int fd, uint64_t deadline, uint64_t *cur) {
+        uint64_t want = 0;
+
+        if (deadline) {
+                uint64_t now = now_usec();
+                if (now >= deadline)
+                        return 0;
+                want = deadline - now;
+        }
+        if (want == *cur || (want && *cur && (want > *cur ? want - *cur : *cur - want) < RCVTIMEO_SLACK_USEC))
+                return 1;
+        struct timeval tv = { .tv_sec = (time_t) (want / USEC_PER_SEC), .tv_usec = (suseconds_t) (want % USEC_PER_SEC) };
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+                return negative_errno();
+        *cur = want;
+        return 1;
 }
 
 /* The earliest deadline that applies now, and which exit it means. */
@@ -110,27 +152,28 @@ static uint64_t next_deadline(bool pending, uint64_t last_in, uint64_t last_out,
         return d;
 }
 
-int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_atomic_t *stop,
-                const sigset_t *poll_mask) {
+int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
         static char buf[WORKER_BUFFER];
         size_t start = 0, end = 0;
         bool eof = false, draining = false, capped = false;
         uint64_t now = now_usec(), last_in = now, last_out = now, total_in = 0;
         uint64_t session_end = p->max_session ? now + (uint64_t) p->max_session * USEC_PER_SEC : 0;
         int r, timeout_exit = WORKER_IDLE_TIMEOUT, finish = WORKER_CLEAN;
-        /* Try first, poll only when a read or send would block: a short connection's request is
+        /* Try first, wait only when a read or send would block: a short connection's request is
          * usually waiting when the child starts, and its echo fits the send buffer. */
         bool ready_in = true, ready_out = true;
-        unsigned unpolled = 0;
+        uint64_t rcvtimeo = 0; /* what SO_RCVTIMEO is set to, µs */
 
-        r = fd_set_nonblock(fd, 1);
+        r = fd_set_nonblock(fd, 0);
         if (r < 0)
                 return WORKER_SETUP_FAILED;
+        worker_fd = fd; /* stop is checked after this, before any wait */
 
         for (;;) {
                 short events = 0, revents = 0;
+                bool block = false;
 
-                if (stop && *stop && !draining) {
+                if (stop && !draining) {
                         draining = true;
                         finish = WORKER_DRAINED;
                 }
@@ -142,12 +185,22 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
                         events |= POLLOUT;
 
                 uint64_t deadline = next_deadline(start < end, last_in, last_out, session_end, p, &timeout_exit);
-                /* every so often poll anyway: SIGTERM (a drain) is only let in during ppoll */
-                revents = ++unpolled % 64 ? events & ((ready_in ? POLLIN : 0) | (ready_out ? POLLOUT : 0)) : 0;
+                revents = events & ((ready_in ? POLLIN : 0) | (ready_out ? POLLOUT : 0));
                 if (revents)
                         r = deadline && now_usec() >= deadline ? 0 : 1;
-                else {
-                        r = wait_fd(fd, events, &revents, deadline, poll_mask);
+                else if (events == POLLIN) {
+                        /* nothing to send: sleep in recv() itself, until data, the deadline or SIGTERM
+                         * (whose handler may have run before our setsockopt: look again after it) */
+                        r = set_rcvtimeo(fd, deadline, &rcvtimeo);
+                        if (r > 0 && stop)
+                                continue;
+                        block = true;
+                        revents = POLLIN;
+                } else {
+                        uint64_t until = now_usec() + STOP_CHECK_USEC;
+                        r = wait_fd(fd, events, &revents, deadline && deadline < until ? deadline : until);
+                        if (r == 0 && (!deadline || now_usec() < deadline))
+                                continue; /* only STOP_CHECK_USEC passed */
                         if (events & POLLIN)
                                 ready_in = revents & (POLLIN | POLLHUP | POLLERR);
                         if (events & POLLOUT)
@@ -173,7 +226,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
                         size_t room = sizeof(buf) - end;
                         if (p->max_bytes && p->max_bytes - total_in < room)
                                 room = (size_t) (p->max_bytes - total_in);
-                        ssize_t n = read(fd, buf + end, room);
+                        ssize_t n = recv(fd, buf + end, room, block ? 0 : MSG_DONTWAIT);
                         ready_in = n == (ssize_t) room; /* short: the queue is most likely empty */
                         if (n > 0) {
                                 last_in = now_usec();
@@ -190,7 +243,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
                                 return errno_to_exit(errno);
                 }
                 if (start < end && ((revents & (POLLOUT | POLLHUP | POLLERR)) || ready_out)) {
-                        ssize_t n = send(fd, buf + start, end - start, MSG_NOSIGNAL);
+                        ssize_t n = send(fd, buf + start, end - start, MSG_NOSIGNAL | MSG_DONTWAIT);
                         ready_out = n == (ssize_t) (end - start);
                         if (n > 0) {
                                 last_out = now_usec();
@@ -217,6 +270,6 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_at
         if (shutdown(fd, SHUT_WR) < 0)
                 return errno_to_exit(errno);
         if (!eof)
-                linger_until_eof(fd, now_usec() + LINGER_USEC, poll_mask);
+                linger_until_eof(fd, now_usec() + LINGER_USEC);
         return finish;
 }

@@ -29,8 +29,10 @@ typedef struct WorkerParams {
         uint64_t max_bytes;     /* bytes echoed, 0 = no limit */
 } WorkerParams;
 
-/* The echo loop on a connected socket. Returns a WorkerExit. stop is polled; poll_mask, if not
- * NULL, is the signal mask during ppoll (so a blocked SIGTERM can interrupt it race-free).
- * slot may be NULL (no accounting). */
-int worker_echo(int fd, SlotShared *slot, const WorkerParams *p, volatile sig_atomic_t *stop,
-                const sigset_t *poll_mask);
+/* The echo loop on a connected socket (made blocking). Returns a WorkerExit. slot may be NULL
+ * (no accounting). Once per process. */
+int worker_echo(int fd, SlotShared *slot, const WorkerParams *p);
+/* Drain: stop reading, echo what is pending, FIN. For a SIGTERM handler (async-signal-safe,
+ * installed without SA_RESTART, the signal unblocked): a wait in progress or about to start is
+ * cut short, with no race. */
+void worker_request_stop(void);

@@ -19,30 +19,28 @@
 #include "shared/io.h"
 #include "shared/timeutil.h"
 
-static volatile sig_atomic_t stop_flag;
 static void on_term(int sig) {
-        stop_flag = 1;
+        worker_request_stop();
 }
 
 /* Fork a worker on one end of a socketpair; returns our end. */
 static int spawn_worker(unsigned idle, SlotShared *slot, pid_t *ret_pid) {
         int sv[2];
 
+        struct sigaction sa = { .sa_handler = on_term }, old;
+
         assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        /* installed before the fork, as in echod (the spawner's, inherited): a SIGTERM sent at
+         * once is never the default action */
+        sigaction(SIGTERM, &sa, &old);
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
                 WorkerParams p = { .idle_timeout = idle };
-                sigset_t block, none;
-                struct sigaction sa = { .sa_handler = on_term };
                 close(sv[0]);
-                sigaction(SIGTERM, &sa, NULL);
-                sigemptyset(&block);
-                sigaddset(&block, SIGTERM);
-                sigprocmask(SIG_BLOCK, &block, NULL);
-                sigemptyset(&none);
-                _exit(worker_echo(sv[1], slot, &p, &stop_flag, &none));
+                _exit(worker_echo(sv[1], slot, &p));
         }
+        sigaction(SIGTERM, &old, NULL);
         close(sv[1]);
         *ret_pid = pid;
         return sv[0];
@@ -122,6 +120,26 @@ static void test_stop_drains(void **state) {
         close(fd);
 }
 
+/* SIGTERM at any moment of the worker's start or wait (before, during or after it arms its
+ * receive timeout) ends it promptly as a drain: no window where it sleeps through it. */
+static void test_stop_at_any_moment(void **state) {
+        for (int i = 0; i < 200; i++) {
+                pid_t pid;
+                int fd = spawn_worker(0, NULL, &pid);
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                char buf[16];
+
+                if (i % 2)
+                        usleep((useconds_t) (i * 5)); /* spread over the worker's setup and its first recv() */
+                kill(pid, SIGTERM);
+                assert_int_equal(poll(&p, 1, 2000), 1); /* its FIN, within 2 s */
+                assert_int_equal(read(fd, buf, sizeof(buf)), 0);
+                shutdown(fd, SHUT_WR);
+                assert_int_equal(wait_exit(pid), WORKER_DRAINED);
+                close(fd);
+        }
+}
+
 static void test_accounting(void **state) {
         SlotShared *slot = mmap(NULL, sizeof(SlotShared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         char buf[1000];
@@ -163,6 +181,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_echo_half_close), cmocka_unit_test(test_zero_bytes),
                 cmocka_unit_test(test_idle_timeout),    cmocka_unit_test(test_stop_drains),
+                cmocka_unit_test(test_stop_at_any_moment),
                 cmocka_unit_test(test_accounting),      cmocka_unit_test(test_peer_gone),
                 cmocka_unit_test(test_exit_reasons),
         };
