@@ -30,9 +30,9 @@ struct Sandbox {
  * abort() needs anyway. prlimit64 is allowed on the caller only (below): a child cannot lower
  * the master's limits. */
 static const int allowed[] = {
-        /* the echo loop */
-        SCMP_SYS(read),         SCMP_SYS(write),      SCMP_SYS(readv),        SCMP_SYS(writev),
-        SCMP_SYS(recvfrom),     SCMP_SYS(sendto),     SCMP_SYS(recvmsg),      SCMP_SYS(sendmsg),
+        /* the echo loop; its two calls per echo first (the filter tests in this order) */
+        SCMP_SYS(recvfrom),     SCMP_SYS(sendto),     SCMP_SYS(read),         SCMP_SYS(write),
+        SCMP_SYS(readv),        SCMP_SYS(writev),     SCMP_SYS(recvmsg),      SCMP_SYS(sendmsg),
         SCMP_SYS(ppoll),        SCMP_SYS(poll),       SCMP_SYS(fcntl),        SCMP_SYS(shutdown),
         SCMP_SYS(close),        SCMP_SYS(getsockopt),
         SCMP_SYS(clock_gettime), SCMP_SYS(gettimeofday), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask),

@@ -44,16 +44,22 @@ static const char *const exit_reasons[_WORKER_EXIT_MAX] = {
 /* SO_RCVTIMEO is set again only when it is this far from the next deadline */
 #define RCVTIMEO_SLACK_USEC (10 * USEC_PER_MSEC)
 
-static volatile sig_atomic_t stop;
-static volatile int worker_fd = -1;
+/* All the worker writes, in one place: the flags share the first page of the buffer, which the
+ * first read dirties anyway (a separate global would cost every child a page of its own). */
+static struct {
+        volatile sig_atomic_t stop;
+        volatile sig_atomic_t armed; /* fd is set */
+        int fd;
+        char buf[WORKER_BUFFER];
+} w;
 
 void worker_request_stop(void) {
         int saved = errno;
 
-        stop = 1;
+        w.stop = 1;
         /* a recv() about to block returns at once; one blocking already gets EINTR */
-        if (worker_fd >= 0)
-                (void) setsockopt(worker_fd, SOL_SOCKET, SO_RCVTIMEO, &(struct timeval) { .tv_usec = 1 },
+        if (w.armed)
+                (void) setsockopt(w.fd, SOL_SOCKET, SO_RCVTIMEO, &(struct timeval) { .tv_usec = 1 },
                                   sizeof(struct timeval));
         errno = saved;
 }
@@ -153,7 +159,7 @@ static uint64_t next_deadline(bool pending, uint64_t last_in, uint64_t last_out,
 }
 
 int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
-        static char buf[WORKER_BUFFER];
+        char *buf = w.buf;
         size_t start = 0, end = 0;
         bool eof = false, draining = false, capped = false;
         uint64_t now = now_usec(), last_in = now, last_out = now, total_in = 0;
@@ -167,19 +173,20 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
         r = fd_set_nonblock(fd, 0);
         if (r < 0)
                 return WORKER_SETUP_FAILED;
-        worker_fd = fd; /* stop is checked after this, before any wait */
+        w.fd = fd;
+        w.armed = 1; /* stop is checked after this, before any wait */
 
         for (;;) {
                 short events = 0, revents = 0;
                 bool block = false;
 
-                if (stop && !draining) {
+                if (w.stop && !draining) {
                         draining = true;
                         finish = WORKER_DRAINED;
                 }
                 if ((eof || draining || capped) && start == end)
                         break;
-                if (!eof && !draining && !capped && end < sizeof(buf))
+                if (!eof && !draining && !capped && end < sizeof(w.buf))
                         events |= POLLIN;
                 if (start < end)
                         events |= POLLOUT;
@@ -192,7 +199,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         /* nothing to send: sleep in recv() itself, until data, the deadline or SIGTERM
                          * (whose handler may have run before our setsockopt: look again after it) */
                         r = set_rcvtimeo(fd, deadline, &rcvtimeo);
-                        if (r > 0 && stop)
+                        if (r > 0 && w.stop)
                                 continue;
                         block = true;
                         revents = POLLIN;
@@ -223,7 +230,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                 }
 
                 if ((events & POLLIN) && (revents & (POLLIN | POLLHUP | POLLERR))) {
-                        size_t room = sizeof(buf) - end;
+                        size_t room = sizeof(w.buf) - end;
                         if (p->max_bytes && p->max_bytes - total_in < room)
                                 room = (size_t) (p->max_bytes - total_in);
                         ssize_t n = recv(fd, buf + end, room, block ? 0 : MSG_DONTWAIT);
@@ -251,7 +258,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                                 account(slot, slot ? &slot->bytes_out : NULL, (size_t) n, last_out);
                                 if (start == end)
                                         start = end = 0;
-                                else if (start >= sizeof(buf) / 2 && end == sizeof(buf)) {
+                                else if (start >= sizeof(w.buf) / 2 && end == sizeof(w.buf)) {
                                         memmove(buf, buf + start, end - start);
                                         end -= start;
                                         start = 0;
