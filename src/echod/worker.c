@@ -44,6 +44,14 @@ static const char *const exit_reasons[_WORKER_EXIT_MAX] = {
 /* SO_RCVTIMEO is set again only when it is this far from the next deadline */
 #define RCVTIMEO_SLACK_USEC (10 * USEC_PER_MSEC)
 
+/* The worker's clock: CLOCK_MONOTONIC_COARSE, read from the vDSO without touching the TSC (a
+ * few ns instead of ~20, three times per echo). Its tick (1–10 ms) is far below the timeouts'
+ * one-second unit; the master reads last_active_usec against CLOCK_MONOTONIC, which it trails
+ * by less than a tick. */
+static inline uint64_t worker_now(void) {
+        return clock_usec(CLOCK_MONOTONIC_COARSE);
+}
+
 /* All the worker writes, in one place: the flags share the first page of the buffer, which the
  * first read dirties anyway (a separate global would cost every child a page of its own). */
 static struct {
@@ -86,7 +94,7 @@ static int wait_fd(int fd, short events, short *revents, uint64_t deadline) {
         struct timespec ts, *tsp = NULL;
 
         if (deadline) {
-                uint64_t now = now_usec();
+                uint64_t now = worker_now();
                 if (now >= deadline)
                         return 0;
                 uint64_t left = deadline - now;
@@ -124,7 +132,7 @@ static int set_rcvtimeo(int fd, uint64_t deadline, uint64_t *cur) {
         uint64_t want = 0;
 
         if (deadline) {
-                uint64_t now = now_usec();
+                uint64_t now = worker_now();
                 if (now >= deadline)
                         return 0;
                 want = deadline - now;
@@ -162,7 +170,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
         char *buf = w.buf;
         size_t start = 0, end = 0;
         bool eof = false, draining = false, capped = false;
-        uint64_t now = now_usec(), last_in = now, last_out = now, total_in = 0;
+        uint64_t now = worker_now(), last_in = now, last_out = now, total_in = 0;
         uint64_t session_end = p->max_session ? now + (uint64_t) p->max_session * USEC_PER_SEC : 0;
         int r, timeout_exit = WORKER_IDLE_TIMEOUT, finish = WORKER_CLEAN;
         /* Try first, wait only when a read or send would block: a short connection's request is
@@ -194,7 +202,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                 uint64_t deadline = next_deadline(start < end, last_in, last_out, session_end, p, &timeout_exit);
                 revents = events & ((ready_in ? POLLIN : 0) | (ready_out ? POLLOUT : 0));
                 if (revents)
-                        r = deadline && now_usec() >= deadline ? 0 : 1;
+                        r = deadline && worker_now() >= deadline ? 0 : 1;
                 else if (events == POLLIN) {
                         /* nothing to send: sleep in recv() itself, until data, the deadline or SIGTERM
                          * (whose handler may have run before our setsockopt: look again after it) */
@@ -204,9 +212,9 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         block = true;
                         revents = POLLIN;
                 } else {
-                        uint64_t until = now_usec() + STOP_CHECK_USEC;
+                        uint64_t until = worker_now() + STOP_CHECK_USEC;
                         r = wait_fd(fd, events, &revents, deadline && deadline < until ? deadline : until);
-                        if (r == 0 && (!deadline || now_usec() < deadline))
+                        if (r == 0 && (!deadline || worker_now() < deadline))
                                 continue; /* only STOP_CHECK_USEC passed */
                         if (events & POLLIN)
                                 ready_in = revents & (POLLIN | POLLHUP | POLLERR);
@@ -225,7 +233,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         finish = WORKER_MAX_SESSION;
                         session_end = 0;
                         if (!p->stall_timeout)
-                                session_end = now_usec() + LINGER_USEC; /* never hang on a non-reader */
+                                session_end = worker_now() + LINGER_USEC; /* never hang on a non-reader */
                         continue;
                 }
 
@@ -236,7 +244,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         ssize_t n = recv(fd, buf + end, room, block ? 0 : MSG_DONTWAIT);
                         ready_in = n == (ssize_t) room; /* short: the queue is most likely empty */
                         if (n > 0) {
-                                last_in = now_usec();
+                                last_in = worker_now();
                                 end += (size_t) n;
                                 total_in += (uint64_t) n;
                                 account(slot, slot ? &slot->bytes_in : NULL, (size_t) n, last_in);
@@ -253,7 +261,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         ssize_t n = send(fd, buf + start, end - start, MSG_NOSIGNAL | MSG_DONTWAIT);
                         ready_out = n == (ssize_t) (end - start);
                         if (n > 0) {
-                                last_out = now_usec();
+                                last_out = worker_now();
                                 start += (size_t) n;
                                 account(slot, slot ? &slot->bytes_out : NULL, (size_t) n, last_out);
                                 if (start == end)
@@ -277,6 +285,6 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
         if (shutdown(fd, SHUT_WR) < 0)
                 return errno_to_exit(errno);
         if (!eof)
-                linger_until_eof(fd, now_usec() + LINGER_USEC);
+                linger_until_eof(fd, worker_now() + LINGER_USEC);
         return finish;
 }
