@@ -7,8 +7,8 @@
 
 /* Once, in the spawner: what every child inherits instead of doing it itself. Empties every
  * capability set, raises oom_score_adj above the master's (the kernel kills children first), and
- * installs the SIGTERM handler (SIGTERM asks a child to drain; it stays blocked outside ppoll).
- * Returns 0 or -errno. */
+ * installs the SIGTERM handler (SIGTERM asks a child to drain: worker_request_stop(); the spawner
+ * keeps it blocked, each child unblocks it). Returns 0 or -errno. */
 int child_prepare_once(void);
 
 /* Once, in the spawner, at the first SPAWN_SANDBOX: fd and core limits, no_new_privs, and the

@@ -30,7 +30,6 @@ int child_table_new(ChildTable **ret) {
 
         if (!t)
                 return -ENOMEM;
-        t->memfd = -1;
         /* sparse: pages exist only where slots were used */
         t->memfd = memfd_create("echod-slots", MFD_CLOEXEC);
         if (t->memfd < 0 || ftruncate(t->memfd, sizeof(SlotShared) * SLOTS_MAX) < 0) {

@@ -1,5 +1,5 @@
-/* The children's seccomp filter, compiled once in the master and handed to echod-spawner, whose
- * children load it with one prctl() (child.c) before they touch peer data.
+/* The children's seccomp filter, compiled once in the master and handed to echod-spawner, which
+ * loads it into itself once (child.c); every child it forks inherits it.
  *
  * Why libseccomp: it resolves syscall numbers per architecture and emits correct BPF with
  * the architecture check; hand-written BPF is where sandboxes get subtle bugs. It runs only in

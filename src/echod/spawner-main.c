@@ -203,7 +203,7 @@ int main(int argc, char *argv[]) {
         if (!live || !st || child_prepare_once() < 0)
                 return EXIT_SETUP;
 
-        /* SIGTERM is blocked here and in every child outside its ppoll; SIGCHLD goes to a signalfd.
+        /* SIGTERM is blocked here (each child unblocks it for its drain); SIGCHLD goes to a signalfd.
          * A terminal's SIGINT/SIGQUIT/SIGHUP reach the master, which drains through us. */
         sigemptyset(&mask);
         sigaddset(&mask, SIGCHLD);

@@ -74,14 +74,14 @@ static int send_connection(Manager *m, Conn *c) {
                              .msg_controllen = sizeof(control) };
         char peer[IPADDR_STR_MAX];
 
+        if (m->spawner_fd < 0 || m->spawner_retiring)
+                return -EAGAIN;
         snprintf(req.title, sizeof(req.title), "echod: %s", ipaddr_format_endpoint(&c->peer, peer));
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         cm->cmsg_level = SOL_SOCKET;
         cm->cmsg_type = SCM_RIGHTS;
         cm->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(cm), &c->fd, sizeof(int));
-        if (m->spawner_fd < 0 || m->spawner_retiring)
-                return -EAGAIN;
         return sendmsg(m->spawner_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
 }
 
