@@ -486,7 +486,10 @@ int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         for (int i = 0; i < ACCEPT_BATCH; i++) {
                 SockAddr sa;
                 socklen_t len = sizeof(sa);
-                int cfd = accept4(fd, &sa.sa, &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                /* blocking, as the child sleeps in recv() on it: the master only ever
+                 * reads it with MSG_DONTWAIT (a PROXY header), and the child is spared
+                 * the two fcntl() calls to clear O_NONBLOCK */
+                int cfd = accept4(fd, &sa.sa, &len, SOCK_CLOEXEC);
                 if (cfd < 0) {
                         switch (errno) {
                         case EAGAIN:

@@ -175,12 +175,9 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
         int r, timeout_exit = WORKER_IDLE_TIMEOUT, finish = WORKER_CLEAN;
         /* Try first, wait only when a read or send would block: a short connection's request is
          * usually waiting when the child starts, and its echo fits the send buffer. */
-        bool ready_in = true, ready_out = true;
+        bool ready_in = true, ready_out = true, first_read = true;
         uint64_t rcvtimeo = 0; /* what SO_RCVTIMEO is set to, µs */
 
-        r = fd_set_nonblock(fd, 0);
-        if (r < 0)
-                return WORKER_SETUP_FAILED;
         w.fd = fd;
         w.armed = 1; /* stop is checked after this, before any wait */
 
@@ -242,7 +239,11 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         if (p->max_bytes && p->max_bytes - total_in < room)
                                 room = (size_t) (p->max_bytes - total_in);
                         ssize_t n = recv(fd, buf + end, room, block ? 0 : MSG_DONTWAIT);
-                        ready_in = n == (ssize_t) room; /* short: the queue is most likely empty */
+                        /* short: the queue is most likely empty; but the first data was queued
+                         * while we were forked, maybe with the peer's FIN behind it: one more
+                         * try finds that without a setsockopt() and a wait */
+                        ready_in = n == (ssize_t) room || (first_read && n > 0);
+                        first_read = false;
                         if (n > 0) {
                                 last_in = worker_now();
                                 end += (size_t) n;
@@ -254,7 +255,14 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                                 }
                         } else if (n == 0)
                                 eof = true;
-                        else if (errno != EAGAIN && errno != EINTR)
+                        else if (errno == EAGAIN && block) {
+                                /* SO_RCVTIMEO ran out, or this socket was handed over
+                                 * non-blocking and recv() did not wait at all: make sure it
+                                 * blocks from now on (the master accepts it blocking, so
+                                 * this costs nothing per connection, only per timeout) */
+                                if (fd_set_nonblock(fd, 0) < 0)
+                                        return WORKER_IO_ERROR;
+                        } else if (errno != EAGAIN && errno != EINTR)
                                 return errno_to_exit(errno);
                 }
                 if (start < end && ((revents & (POLLOUT | POLLHUP | POLLERR)) || ready_out)) {

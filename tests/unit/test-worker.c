@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,13 +24,15 @@ static void on_term(int sig) {
         worker_request_stop();
 }
 
-/* Fork a worker on one end of a socketpair; returns our end. */
-static int spawn_worker(unsigned idle, SlotShared *slot, pid_t *ret_pid) {
+/* Fork a worker on one end of a socketpair (created with extra_flags, e.g. SOCK_NONBLOCK, for
+ * the worker's end); returns our end, blocking. */
+static int spawn_worker_flags(unsigned idle, SlotShared *slot, int extra_flags, pid_t *ret_pid) {
         int sv[2];
 
         struct sigaction sa = { .sa_handler = on_term }, old;
 
-        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | extra_flags, 0, sv), 0);
+        assert_int_equal(fd_set_nonblock(sv[0], 0), 0);
         /* installed before the fork, as in echod (the spawner's, inherited): a SIGTERM sent at
          * once is never the default action */
         sigaction(SIGTERM, &sa, &old);
@@ -44,6 +47,10 @@ static int spawn_worker(unsigned idle, SlotShared *slot, pid_t *ret_pid) {
         close(sv[1]);
         *ret_pid = pid;
         return sv[0];
+}
+
+static int spawn_worker(unsigned idle, SlotShared *slot, pid_t *ret_pid) {
+        return spawn_worker_flags(idle, slot, 0, ret_pid);
 }
 
 static int wait_exit(pid_t pid) {
@@ -102,6 +109,26 @@ static void test_idle_timeout(void **state) {
         uint64_t took = now_usec() - t0;
         assert_true(took >= 900 * USEC_PER_MSEC);
         assert_true(took < 3 * USEC_PER_SEC);
+        close(fd);
+}
+
+/* echod hands the worker a blocking socket; one that is not must still be waited on, not spun
+ * on: an idle second costs the worker almost no CPU time either way. */
+static void test_nonblocking_socket_sleeps(void **state) {
+        pid_t pid;
+        int fd = spawn_worker_flags(1, NULL, SOCK_NONBLOCK, &pid), status;
+        struct rusage ru;
+        char buf[8];
+
+        assert_int_equal(write_full(fd, "ping", 4), 0);
+        assert_int_equal(read_full(fd, buf, 4), 4);
+        assert_memory_equal(buf, "ping", 4);
+        assert_int_equal(wait4(pid, &status, 0, &ru), pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), WORKER_IDLE_TIMEOUT);
+        uint64_t cpu = (uint64_t) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * USEC_PER_SEC +
+                       (uint64_t) (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+        assert_true(cpu < 200 * USEC_PER_MSEC); /* spinning would be the whole second */
         close(fd);
 }
 
@@ -180,7 +207,8 @@ static void test_exit_reasons(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_echo_half_close), cmocka_unit_test(test_zero_bytes),
-                cmocka_unit_test(test_idle_timeout),    cmocka_unit_test(test_stop_drains),
+                cmocka_unit_test(test_idle_timeout),    cmocka_unit_test(test_nonblocking_socket_sleeps),
+                cmocka_unit_test(test_stop_drains),
                 cmocka_unit_test(test_stop_at_any_moment),
                 cmocka_unit_test(test_accounting),      cmocka_unit_test(test_peer_gone),
                 cmocka_unit_test(test_exit_reasons),
