@@ -100,7 +100,7 @@ static int sandbox_enter_child(const SpawnSandbox *s) {
 
 _Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, const SpawnSandbox *sb,
                           char *title_area, size_t title_size) {
-        sigset_t term;
+        const uint64_t term = UINT64_C(1) << (SIGTERM - 1); /* the kernel's sigset_t */
 
         /* the connection becomes fd 3 (over the spawner's socket); every other fd above stdio goes */
         if (fd != 3) {
@@ -112,21 +112,24 @@ _Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, 
          * (old kernels, valgrind) */
         closefrom(4);
 
-        /* ps shows the peer: the title replaces the spawner's argument area (kept NUL-terminated) */
-        if (title_size > 1) {
-                size_t n = MIN(strnlen(req->title, sizeof(req->title)), title_size - 1);
-                memcpy(title_area, req->title, n);
-                memset(title_area + n, 0, title_size - n);
+        /* ps shows the peer: the title replaces the spawner's own ("echod: spawner"), whose
+         * argument area is longer and NUL after it. The master zero-pads the title to its full
+         * size, so one fixed-size copy (inlined: no call into libc's memcpy, a page of text this
+         * child would fault in) writes it and clears the rest of the spawner's. */
+        if (title_size > sizeof(req->title)) {
+                memcpy(title_area, req->title, sizeof(req->title));
+                title_area[sizeof(req->title) - 1] = 0;
         }
 
         if (sandbox_enter_child(sb) < 0)
                 _exit(WORKER_SETUP_FAILED);
 
         /* SIGTERM (a drain), blocked in the spawner, is let in: one sent already arrives now, and
-         * the worker looks at it before any wait */
-        sigemptyset(&term);
-        sigaddset(&term, SIGTERM);
-        if (sigprocmask(SIG_UNBLOCK, &term, NULL) < 0)
+         * the worker looks at it before any wait. The system call itself, with the kernel's
+         * sigset: libc's sigprocmask() and sigaddset() sit on a page of text of their own, which
+         * this child would fault in for them alone (the process is single-threaded, so libc's
+         * wrapper has nothing to add). */
+        if (syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, &term, NULL, sizeof(term)) < 0)
                 _exit(WORKER_SETUP_FAILED);
         _exit(worker_echo(fd, slot, &req->params));
 }

@@ -49,6 +49,7 @@ static size_t title_size;
  * a fork is no copy-on-write fault (one per page per fork, otherwise). */
 typedef struct State {
         SpawnRequest req;
+        bool reap_pending; /* reap() stopped for want of room, or SIGCHLD came */
         size_t n_events;
         SpawnEvent events[EVENTS_CAP]; /* unsent, in order */
 } State;
@@ -81,17 +82,15 @@ static int flush_events(int sock) {
 }
 
 /* Reap what exited; if it stops for want of room for the events, it goes on after the next send. */
-static bool reap_pending;
-
 static void reap(void) {
         int status;
         pid_t pid;
 
-        reap_pending = true;
+        st->reap_pending = true;
         while (events_room(1)) {
                 pid = waitpid(-1, &status, WNOHANG);
                 if (pid <= 0) {
-                        reap_pending = false;
+                        st->reap_pending = false;
                         return;
                 }
                 hashmap_remove(live, &pid);
@@ -107,6 +106,8 @@ static void spawn(const SpawnConnection *request, int fd) {
                 push_event(SPAWN_FAILED, req.slot, 0, -EINVAL);
                 return;
         }
+        /* the child's clock starts here: reading it there would fault in the vDSO's pages */
+        req.params.start_usec = worker_now();
         /* _Fork(): no atfork handlers, no malloc or stdio locks taken and released around it (each
          * a write to a libc page, then a copy-on-write fault); this process is single-threaded and
          * the child allocates nothing */
@@ -229,10 +230,10 @@ int main(int argc, char *argv[]) {
                         /* SIGCHLD is not queued: one read empties the signalfd */
                         struct signalfd_siginfo si;
                         (void) read(sigfd, &si, sizeof(si));
-                        reap_pending = true;
+                        st->reap_pending = true;
                 }
                 /* a slot's EXITED never overtakes its STARTED: both are in order */
-                if (reap_pending)
+                if (st->reap_pending)
                         reap();
                 if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
                         int r = read_requests(SPAWN_FD_SOCKET);

@@ -26,6 +26,7 @@
 
 /* argument area the children's titles are written over: "echod: " and the longest endpoint */
 #define TITLE_PAD 56
+_Static_assert(sizeof("echod: spawner") + TITLE_PAD > SPAWN_TITLE_MAX, "a child's title must fit the spawner's arguments");
 /* a spawner that dies within this of its start is started again only after it */
 #define RESTART_HOLDOFF_USEC USEC_PER_SEC
 /* at exit: how long the spawner gets to go after its socket is closed */

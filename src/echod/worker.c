@@ -44,12 +44,25 @@ static const char *const exit_reasons[_WORKER_EXIT_MAX] = {
 /* SO_RCVTIMEO is set again only when it is this far from the next deadline */
 #define RCVTIMEO_SLACK_USEC (10 * USEC_PER_MSEC)
 
-/* The worker's clock: CLOCK_MONOTONIC_COARSE, read from the vDSO without touching the TSC (a
- * few ns instead of ~20, three times per echo). Its tick (1–10 ms) is far below the timeouts'
- * one-second unit; the master reads last_active_usec against CLOCK_MONOTONIC, which it trails
- * by less than a tick. */
-static inline uint64_t worker_now(void) {
-        return clock_usec(CLOCK_MONOTONIC_COARSE);
+/* The clock is read lazily: after a wait, and otherwise reused for up to this many readings (a
+ * stream that never waits still moves its stamps every few ms). A short connection, whose request
+ * and FIN were queued before it started, never reads it: it has the spawner's reading from just
+ * before the fork, and the vDSO's two pages would be two page faults in a fresh child. */
+#define CLOCK_REUSE_MAX 64
+
+typedef struct Clock {
+        uint64_t now;
+        unsigned reused;
+        bool stale; /* a wait returned since now was read */
+} Clock;
+
+static uint64_t clock_get(Clock *c) {
+        if (c->stale || ++c->reused > CLOCK_REUSE_MAX) {
+                c->now = worker_now();
+                c->stale = false;
+                c->reused = 0;
+        }
+        return c->now;
 }
 
 /* All the worker writes, in one place: the flags share the first page of the buffer, which the
@@ -128,11 +141,10 @@ static void linger_until_eof(int fd, uint64_t deadline) {
 
 /* Make a blocking recv() return by deadline (0 = none), give or take RCVTIMEO_SLACK_USEC. *cur
  * is what is set (0 = none). Returns 1, 0 if deadline has passed, or -errno. */
-static int set_rcvtimeo(int fd, uint64_t deadline, uint64_t *cur) {
+static int set_rcvtimeo(int fd, uint64_t deadline, uint64_t now, uint64_t *cur) {
         uint64_t want = 0;
 
         if (deadline) {
-                uint64_t now = worker_now();
                 if (now >= deadline)
                         return 0;
                 want = deadline - now;
@@ -170,7 +182,8 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
         char *buf = w.buf;
         size_t start = 0, end = 0;
         bool eof = false, draining = false, capped = false;
-        uint64_t now = worker_now(), last_in = now, last_out = now, total_in = 0;
+        Clock clock = { .now = p->start_usec, .stale = !p->start_usec };
+        uint64_t now = clock_get(&clock), last_in = now, last_out = now, total_in = 0;
         uint64_t session_end = p->max_session ? now + (uint64_t) p->max_session * USEC_PER_SEC : 0;
         int r, timeout_exit = WORKER_IDLE_TIMEOUT, finish = WORKER_CLEAN;
         /* Try first, wait only when a read or send would block: a short connection's request is
@@ -199,11 +212,11 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                 uint64_t deadline = next_deadline(start < end, last_in, last_out, session_end, p, &timeout_exit);
                 revents = events & ((ready_in ? POLLIN : 0) | (ready_out ? POLLOUT : 0));
                 if (revents)
-                        r = deadline && worker_now() >= deadline ? 0 : 1;
+                        r = deadline && clock_get(&clock) >= deadline ? 0 : 1;
                 else if (events == POLLIN) {
                         /* nothing to send: sleep in recv() itself, until data, the deadline or SIGTERM
                          * (whose handler may have run before our setsockopt: look again after it) */
-                        r = set_rcvtimeo(fd, deadline, &rcvtimeo);
+                        r = set_rcvtimeo(fd, deadline, clock_get(&clock), &rcvtimeo);
                         if (r > 0 && w.stop)
                                 continue;
                         block = true;
@@ -211,7 +224,8 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                 } else {
                         uint64_t until = worker_now() + STOP_CHECK_USEC;
                         r = wait_fd(fd, events, &revents, deadline && deadline < until ? deadline : until);
-                        if (r == 0 && (!deadline || worker_now() < deadline))
+                        clock.stale = true;
+                        if (r == 0 && (!deadline || clock_get(&clock) < deadline))
                                 continue; /* only STOP_CHECK_USEC passed */
                         if (events & POLLIN)
                                 ready_in = revents & (POLLIN | POLLHUP | POLLERR);
@@ -230,7 +244,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         finish = WORKER_MAX_SESSION;
                         session_end = 0;
                         if (!p->stall_timeout)
-                                session_end = worker_now() + LINGER_USEC; /* never hang on a non-reader */
+                                session_end = clock_get(&clock) + LINGER_USEC; /* never hang on a non-reader */
                         continue;
                 }
 
@@ -239,13 +253,15 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         if (p->max_bytes && p->max_bytes - total_in < room)
                                 room = (size_t) (p->max_bytes - total_in);
                         ssize_t n = recv(fd, buf + end, room, block ? 0 : MSG_DONTWAIT);
+                        if (block)
+                                clock.stale = true;
                         /* short: the queue is most likely empty; but the first data was queued
                          * while we were forked, maybe with the peer's FIN behind it: one more
                          * try finds that without a setsockopt() and a wait */
                         ready_in = n == (ssize_t) room || (first_read && n > 0);
                         first_read = false;
                         if (n > 0) {
-                                last_in = worker_now();
+                                last_in = clock_get(&clock);
                                 end += (size_t) n;
                                 total_in += (uint64_t) n;
                                 account(slot, slot ? &slot->bytes_in : NULL, (size_t) n, last_in);
@@ -269,7 +285,7 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         ssize_t n = send(fd, buf + start, end - start, MSG_NOSIGNAL | MSG_DONTWAIT);
                         ready_out = n == (ssize_t) (end - start);
                         if (n > 0) {
-                                last_out = worker_now();
+                                last_out = clock_get(&clock);
                                 start += (size_t) n;
                                 account(slot, slot ? &slot->bytes_out : NULL, (size_t) n, last_out);
                                 if (start == end)

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "echod/children.h"
+#include "shared/timeutil.h"
 
 /* Exit codes say how a connection ended; the master turns them into EXIT_REASON. */
 typedef enum WorkerExit {
@@ -27,7 +28,15 @@ typedef struct WorkerParams {
         unsigned stall_timeout; /* seconds with echo pending and no write progress, 0 = none */
         unsigned max_session;   /* seconds of lifetime, 0 = none */
         uint64_t max_bytes;     /* bytes echoed, 0 = no limit */
+        uint64_t start_usec;    /* worker_now() just before the fork, 0 = read it at start */
 } WorkerParams;
+
+/* The worker's clock: CLOCK_MONOTONIC_COARSE, read from the vDSO without touching the TSC (a few
+ * ns instead of ~20). Its tick (1–10 ms) is far below the timeouts' one-second unit; the master
+ * reads last_active_usec against CLOCK_MONOTONIC, which it trails by less than a tick. */
+static inline uint64_t worker_now(void) {
+        return clock_usec(CLOCK_MONOTONIC_COARSE);
+}
 
 /* The echo loop on a connected socket (made blocking). Returns a WorkerExit. slot may be NULL
  * (no accounting). Once per process. */
