@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "build-config.h"
+#include "shared/json.h"
 #include "shared/macro.h"
 
 void report_error(const char *fmt, ...) {
@@ -22,97 +23,16 @@ void report_error(const char *fmt, ...) {
         fputc('\n', stderr);
 }
 
-/* ---- a small streaming JSON writer ---- */
-
-typedef struct Json {
-        FILE *f;
-        unsigned depth;
-        bool first[16];
-} Json;
-
-static void json_string(Json *j, const char *s) {
-        fputc('"', j->f);
-        for (const unsigned char *p = (const unsigned char *) s; *p; p++) {
-                if (*p == '"' || *p == '\\')
-                        fprintf(j->f, "\\%c", *p);
-                else if (*p < 0x20)
-                        fprintf(j->f, "\\u%04x", *p);
-                else
-                        fputc(*p, j->f);
-        }
-        fputc('"', j->f);
-}
-
-static void json_item(Json *j, const char *key) {
-        if (j->depth > 0) {
-                if (!j->first[j->depth])
-                        fputc(',', j->f);
-                fputc('\n', j->f);
-                for (unsigned i = 0; i < j->depth; i++)
-                        fputs("  ", j->f);
-        }
-        j->first[j->depth] = false;
-        if (key) {
-                json_string(j, key);
-                fputs(": ", j->f);
-        }
-}
-
-static void json_open(Json *j, const char *key, char c) {
-        json_item(j, key);
-        fputc(c, j->f);
-        j->depth++;
-        j->first[j->depth] = true;
-}
-
-static void json_close(Json *j, char c) {
-        bool empty = j->first[j->depth];
-
-        j->depth--;
-        if (!empty) {
-                fputc('\n', j->f);
-                for (unsigned i = 0; i < j->depth; i++)
-                        fputs("  ", j->f);
-        }
-        fputc(c, j->f);
-        if (j->depth == 0)
-                fputc('\n', j->f);
-}
-
-static void json_str(Json *j, const char *key, const char *v) {
-        json_item(j, key);
-        if (v)
-                json_string(j, v);
-        else
-                fputs("null", j->f);
-}
-
-static void json_u64(Json *j, const char *key, uint64_t v) {
-        json_item(j, key);
-        fprintf(j->f, "%llu", (unsigned long long) v);
-}
-
-static void json_num(Json *j, const char *key, double v) {
-        json_item(j, key);
-        if (isfinite(v))
-                fprintf(j->f, "%.6f", v);
-        else
-                fputs("null", j->f);
-}
+/* ---- JSON (shared/json.h), pretty-printed on stdout ---- */
 
 /* "key": {"min": …, "avg": …, "max": …, "mdev": …} in ms, null where undefined */
-static void json_rtt(Json *j, const char *key, const RttStats *st) {
-        json_open(j, key, '{');
-        json_num(j, "min", rtt_min(st));
-        json_num(j, "avg", rtt_avg(st));
-        json_num(j, "max", rtt_max(st));
-        json_num(j, "mdev", rtt_mdev(st));
-        json_close(j, '}');
-}
-
-static void json_bool(Json *j, const char *key, bool v) {
-        json_item(j, key);
-        fputs(v ? "true" : "false", j->f);
+static void json_rtt(JsonWriter *j, const char *key, const RttStats *st) {
+        json_object_open(j, key);
+        json_double(j, "min", rtt_min(st));
+        json_double(j, "avg", rtt_avg(st));
+        json_double(j, "max", rtt_max(st));
+        json_double(j, "mdev", rtt_mdev(st));
+        json_object_close(j);
 }
 
 static double usec_to_sec(uint64_t usec) {
@@ -120,82 +40,80 @@ static double usec_to_sec(uint64_t usec) {
 }
 
 /* null for "not set" (0) where 0 means none/unlimited */
-static void json_sec_or_null(Json *j, const char *key, uint64_t usec) {
-        json_num(j, key, usec > 0 ? usec_to_sec(usec) : NAN);
+static void json_sec_or_null(JsonWriter *j, const char *key, uint64_t usec) {
+        json_double(j, key, usec > 0 ? usec_to_sec(usec) : NAN);
 }
 
 static const char *mode_name(Mode m) {
         return m == MODE_PING ? "ping" : m == MODE_LOAD ? "load" : "stream";
 }
 
-static void json_start(Json *j, const Session *s) {
+static void json_start(JsonWriter *j, const Session *s) {
         const Options *o = s->opts;
         char buf[IPADDR_STR_MAX], tbuf[64];
         time_t t = (time_t) (s->start_wall_usec / 1000000);
         struct tm tm;
 
-        *j = (Json) { .f = stdout };
-        json_open(j, NULL, '{');
-        json_open(j, "start", '{');
+        json_init(j, stdout, true);
+        json_object_open(j, NULL);
+        json_object_open(j, "start");
         json_str(j, "version", "echoc " PACKAGE_VERSION);
 
-        json_open(j, "timestamp", '{');
+        json_object_open(j, "timestamp");
         strftime(tbuf, sizeof(tbuf), "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&t, &tm));
         json_str(j, "time", tbuf);
         json_u64(j, "timesecs", (uint64_t) t);
-        json_close(j, '}');
+        json_object_close(j);
 
-        json_open(j, "connecting_to", '{');
+        json_object_open(j, "connecting_to");
         json_str(j, "host", o->host);
         if (s->target.n_addrs > 0)
                 json_u64(j, "port", s->target.addrs[0].port);
         else
                 json_str(j, "port", o->port);
-        json_close(j, '}');
+        json_object_close(j);
 
-        json_open(j, "connected", '[');
+        json_array_open(j, "connected");
         if (s->connected) {
-                json_open(j, NULL, '{');
+                json_object_open(j, NULL);
                 json_str(j, "local_host", ipaddr_format_host(&s->local, buf));
                 json_u64(j, "local_port", s->local.port);
                 json_str(j, "remote_host", ipaddr_format_host(&s->remote, buf));
                 json_u64(j, "remote_port", s->remote.port);
-                json_close(j, '}');
+                json_object_close(j);
         }
-        json_close(j, ']');
+        json_array_close(j);
 
-        json_open(j, "test_start", '{');
+        json_object_open(j, "test_start");
         json_str(j, "mode", mode_name(o->mode));
         json_str(j, "proxy", o->proxy_version == 1 ? "v1" : o->proxy_version == 2 ? "v2" : NULL);
         json_sec_or_null(j, "timeout", o->timeout_usec);
         if (o->mode == MODE_PING) {
                 json_u64(j, "size", o->size);
-                json_item(j, "count");
                 if (o->count > 0)
-                        fprintf(j->f, "%llu", (unsigned long long) o->count);
+                        json_u64(j, "count", o->count);
                 else
-                        fputs("null", j->f);
-                json_num(j, "interval", usec_to_sec(o->interval_usec));
+                        json_null(j, "count");
+                json_double(j, "interval", usec_to_sec(o->interval_usec));
                 json_sec_or_null(j, "deadline", o->deadline_usec);
                 json_bool(j, "connect_per_probe", o->connect_per_probe);
         } else if (o->mode == MODE_LOAD) {
                 json_u64(j, "size", o->size);
                 json_u64(j, "connections", o->connections);
-                json_num(j, "duration", usec_to_sec(o->duration_usec));
-                json_item(j, "rate");
+                json_double(j, "duration", usec_to_sec(o->duration_usec));
                 if (o->rate > 0)
-                        fprintf(j->f, "%llu", (unsigned long long) o->rate);
+                        json_u64(j, "rate", o->rate);
                 else
-                        fputs("null", j->f);
+                        json_null(j, "rate");
                 json_bool(j, "persistent", o->persistent);
         }
-        json_close(j, '}');
-        json_close(j, '}');
+        json_object_close(j);
+        json_object_close(j);
 }
 
-static void json_finish(Json *j, const Session *s) {
+static void json_finish(JsonWriter *j, const Session *s) {
         json_str(j, "error", s->error[0] ? s->error : NULL);
-        json_close(j, '}');
+        json_object_close(j);
         fflush(stdout);
 }
 
@@ -275,23 +193,22 @@ int report_stream(const Session *s, const StreamResult *r, int status) {
         double bps = r->elapsed_usec > 0 ? (double) r->echoed * 8 / secs : NAN;
 
         if (s->opts->output == OUTPUT_JSON) {
-                Json j;
+                JsonWriter j;
 
                 json_start(&j, s);
-                json_open(&j, "intervals", '[');
-                json_close(&j, ']');
-                json_open(&j, "end", '{');
+                json_array_open(&j, "intervals");
+                json_array_close(&j);
+                json_object_open(&j, "end");
                 json_u64(&j, "bytes_sent", r->sent);
                 json_u64(&j, "bytes_echoed", r->echoed);
-                json_num(&j, "seconds", secs);
-                json_num(&j, "bits_per_second", bps);
+                json_double(&j, "seconds", secs);
+                json_double(&j, "bits_per_second", bps);
                 json_bool(&j, "intact", status == EXIT_INTACT);
-                json_item(&j, "mismatch_offset");
                 if (r->mismatch)
-                        printf("%llu", (unsigned long long) r->mismatch_offset);
+                        json_u64(&j, "mismatch_offset", r->mismatch_offset);
                 else
-                        fputs("null", stdout);
-                json_close(&j, '}');
+                        json_null(&j, "mismatch_offset");
+                json_object_close(&j);
                 json_finish(&j, s);
                 return status;
         }
@@ -360,39 +277,38 @@ int report_ping_end(const Session *s, const PingResult *r, int status) {
         double loss = ping_loss(r);
 
         if (o->output == OUTPUT_JSON) {
-                Json j;
+                JsonWriter j;
 
                 json_start(&j, s);
-                json_open(&j, "intervals", '[');
+                json_array_open(&j, "intervals");
                 for (size_t i = 0; i < r->n_probes; i++) {
                         const Probe *p = r->probes + i;
 
-                        json_open(&j, NULL, '{');
+                        json_object_open(&j, NULL);
                         json_u64(&j, "seq", p->seq);
                         json_str(&j, "status", probe_status_name(p->status));
                         json_u64(&j, "bytes", p->bytes);
-                        json_num(&j, "connect_ms", p->connect_ms);
-                        json_num(&j, "rtt_ms", p->rtt_ms);
-                        json_item(&j, "mismatch_offset");
+                        json_double(&j, "connect_ms", p->connect_ms);
+                        json_double(&j, "rtt_ms", p->rtt_ms);
                         if (p->status == PROBE_CORRUPT)
-                                printf("%llu", (unsigned long long) p->mismatch_offset);
+                                json_u64(&j, "mismatch_offset", p->mismatch_offset);
                         else
-                                fputs("null", stdout);
+                                json_null(&j, "mismatch_offset");
                         json_str(&j, "error", p->status == PROBE_FAILED ? strerror(-p->error) : NULL);
-                        json_close(&j, '}');
+                        json_object_close(&j);
                 }
-                json_close(&j, ']');
-                json_open(&j, "end", '{');
+                json_array_close(&j);
+                json_object_open(&j, "end");
                 json_u64(&j, "sent", r->sent);
                 json_u64(&j, "echoed", r->echoed);
                 json_u64(&j, "corrupted", r->corrupted);
                 json_u64(&j, "lost", r->sent - r->echoed - r->corrupted);
-                json_num(&j, "loss_percent", loss);
-                json_num(&j, "seconds", usec_to_sec(r->elapsed_usec));
+                json_double(&j, "loss_percent", loss);
+                json_double(&j, "seconds", usec_to_sec(r->elapsed_usec));
                 json_rtt(&j, "rtt_ms", &r->rtt);
                 if (o->connect_per_probe)
                         json_rtt(&j, "connect_ms", &r->connect);
-                json_close(&j, '}');
+                json_object_close(&j);
                 json_finish(&j, s);
                 return status;
         }
@@ -475,55 +391,55 @@ int report_load_end(const Session *s, const LoadResult *r, int status) {
         char name[320], text[512];
 
         if (o->output == OUTPUT_JSON) {
-                Json j;
+                JsonWriter j;
 
                 json_start(&j, s);
-                json_open(&j, "intervals", '[');
+                json_array_open(&j, "intervals");
                 for (size_t i = 0; i < r->n_intervals; i++) {
                         const LoadInterval *iv = r->intervals + i;
                         double d = iv->end - iv->start;
 
-                        json_open(&j, NULL, '{');
-                        json_num(&j, "start", iv->start);
-                        json_num(&j, "end", iv->end);
-                        json_num(&j, "seconds", d);
+                        json_object_open(&j, NULL);
+                        json_double(&j, "start", iv->start);
+                        json_double(&j, "end", iv->end);
+                        json_double(&j, "seconds", d);
                         json_u64(&j, "connections_ok", iv->ok);
                         json_u64(&j, "connections_failed", iv->failed);
                         json_u64(&j, "round_trips", iv->round_trips);
                         json_u64(&j, "bytes", iv->bytes);
-                        json_num(&j, "bits_per_second", d > 0 ? (double) iv->bytes * 8 / d : NAN);
-                        json_close(&j, '}');
+                        json_double(&j, "bits_per_second", d > 0 ? (double) iv->bytes * 8 / d : NAN);
+                        json_object_close(&j);
                 }
-                json_close(&j, ']');
-                json_open(&j, "end", '{');
-                json_open(&j, "connections", '{');
+                json_array_close(&j);
+                json_object_open(&j, "end");
+                json_object_open(&j, "connections");
                 json_u64(&j, "ok", r->ok);
                 json_u64(&j, "refused", r->refused);
                 json_u64(&j, "failed", r->failed);
                 json_u64(&j, "timeouts", r->timeouts);
                 json_u64(&j, "unfinished", r->unfinished);
-                json_num(&j, "per_second", rate);
-                json_open(&j, "errors", '{');
+                json_double(&j, "per_second", rate);
+                json_object_open(&j, "errors");
                 for (int e = 1; e < LOAD_ERRNO_MAX; e++)
                         if (r->errors[e] > 0)
                                 json_u64(&j, load_error_text(e), r->errors[e]);
-                json_close(&j, '}');
-                json_close(&j, '}');
+                json_object_close(&j);
+                json_object_close(&j);
                 json_u64(&j, "round_trips", r->round_trips);
                 json_u64(&j, "mismatches", r->mismatches);
                 json_u64(&j, "bytes_sent", r->bytes_sent);
                 json_u64(&j, "bytes_echoed", r->bytes_echoed);
-                json_num(&j, "seconds", secs);
-                json_num(&j, "bits_per_second", bps);
-                json_open(&j, "latency_ms", '{');
-                json_num(&j, "min", h->count ? ns_to_ms(h->min) : NAN);
-                json_num(&j, "avg", avg);
-                json_num(&j, "p50", p50);
-                json_num(&j, "p90", p90);
-                json_num(&j, "p99", p99);
-                json_num(&j, "max", max);
-                json_close(&j, '}');
-                json_close(&j, '}');
+                json_double(&j, "seconds", secs);
+                json_double(&j, "bits_per_second", bps);
+                json_object_open(&j, "latency_ms");
+                json_double(&j, "min", h->count ? ns_to_ms(h->min) : NAN);
+                json_double(&j, "avg", avg);
+                json_double(&j, "p50", p50);
+                json_double(&j, "p90", p90);
+                json_double(&j, "p99", p99);
+                json_double(&j, "max", max);
+                json_object_close(&j);
+                json_object_close(&j);
                 json_finish(&j, s);
                 return status;
         }
@@ -561,13 +477,13 @@ int report_failure(const Session *s, int status) {
         const Options *o = s->opts;
 
         if (o->output == OUTPUT_JSON) {
-                Json j;
+                JsonWriter j;
 
                 json_start(&j, s);
-                json_open(&j, "intervals", '[');
-                json_close(&j, ']');
-                json_open(&j, "end", '{');
-                json_close(&j, '}');
+                json_array_open(&j, "intervals");
+                json_array_close(&j);
+                json_object_open(&j, "end");
+                json_object_close(&j);
                 json_finish(&j, s);
                 return status;
         }

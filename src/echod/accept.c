@@ -1,7 +1,9 @@
-/* From accept() to fork(): PROXY header, access list, rates, limits, the wait queue, refusals.
+/* From accept() to admission: PROXY header, access list, rates, limits, the wait queue.
  *
  * Admission happens before fork, so a refused connection costs an accept and a close, never a
- * process. Refusals are logged once and then summarised per window, never one line each. */
+ * process. accept.h says what this owns. */
+#include "echod/accept.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,30 +11,75 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "echod/acl.h"
+#include "echod/admit.h"
 #include "echod/log.h"
-#include "echod/manager-internal.h"
+#include "echod/ratelimit.h"
 #include "shared/macro.h"
 #include "shared/proxy.h"
 #include "shared/timeutil.h"
 
 #define ACCEPT_BATCH 64
 #define ACCEPT_BACKOFF_USEC (100 * USEC_PER_MSEC)
-#define REFUSAL_WINDOW_USEC (10 * USEC_PER_SEC)
 #define PROXY_PENDING_MAX 1024
 #define SOURCE_RATES_MAX 65536
 
-AdmitLimits manager_limits(const Manager *m) {
-        return (AdmitLimits) {
-                .max_connections = m->config->max_connections,
-                .max_per_source = m->config->max_per_source,
-                .prefix_v4 = m->config->source_prefix_v4,
-                .prefix_v6 = m->config->source_prefix_v6,
-        };
-}
+/* An accepted connection not yet admitted: waiting for its PROXY header, or queued. */
+typedef struct Conn {
+        Accept *accept;
+        int fd;
+        IpAddr peer;  /* the client: the PROXY header's source, or the socket peer */
+        IpAddr via;   /* the socket peer (the load balancer, if proxied) */
+        bool proxied; /* peer came from a PROXY header */
+        IpAddr local;
+        IpAddr source; /* per-source key, set at the verdict */
+        bool counted;  /* holds a count in the queue's source table */
+        Refusal verdict; /* why it waits */
+        uint64_t deadline;
+        sd_event_source *io, *timer; /* while waiting for a PROXY header */
+        uint8_t *header;             /* ...and the part of it already read */
+        size_t header_len;
+        struct Conn *prev, *next;
+} Conn;
 
-/* --- connections not yet forked ------------------------------------------------------------ */
+typedef struct ConnList {
+        Conn *head, *tail;
+        unsigned n;
+} ConnList;
 
-void list_append(ConnList *l, Conn *c) {
+struct Accept {
+        sd_event *event;
+        const Children *children;
+        AcceptCallbacks cb;
+        void *userdata;
+        const Config *config;
+        Listener **listeners;
+        unsigned n_listeners;
+        bool activated;
+        Acl *acl;
+        TokenBucket rate;
+        RateTable *source_rates;
+        ConnList proxy_pending;
+        ConnList queue; /* at_capacity = queue: up to queue_timeout */
+        ConnList grace; /* otherwise: up to ACCEPT_GRACE_USEC */
+        SourceTable *queued_sources;
+        bool queue_full, stopping;
+        sd_event_source *backoff_timer, *queue_timer;
+        Refusals *refusals;
+};
+
+struct AcceptPlan {
+        const Config *config;
+        ListenerPlan listeners;
+        Acl *acl;
+        RateTable *rates; /* fresh, if the per-source rate or grouping changed; else the old stays */
+};
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+/* --- lists ----------------------------------------------------------------------------------- */
+
+static void list_append(ConnList *l, Conn *c) {
         c->prev = l->tail;
         c->next = NULL;
         if (l->tail)
@@ -43,7 +90,7 @@ void list_append(ConnList *l, Conn *c) {
         l->n++;
 }
 
-void list_remove(ConnList *l, Conn *c) {
+static void list_remove(ConnList *l, Conn *c) {
         if (c->prev)
                 c->prev->next = c->next;
         else
@@ -56,7 +103,9 @@ void list_remove(ConnList *l, Conn *c) {
         l->n--;
 }
 
-void conn_free(Conn *c) {
+static void conn_free(Conn *c) {
+        if (c->counted)
+                source_table_remove(c->accept->queued_sources, &c->source);
         free(c->header);
         sd_event_source_disable_unref(c->io);
         sd_event_source_disable_unref(c->timer);
@@ -64,247 +113,217 @@ void conn_free(Conn *c) {
         free(c);
 }
 
-/* --- refusals ------------------------------------------------------------------------------ */
-
-static int on_refusal_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-        uint64_t now = now_usec();
-        bool open = false;
-
-        for (int i = 1; i < _REFUSE_MAX; i++) {
-                RefusalSummary sum;
-                char src[IPADDR_STR_MAX];
-                if (refusal_window_flush(&m->refusal_windows[i], (Refusal) i, now, REFUSAL_WINDOW_USEC, &sum))
-                        log_full(LOG_WARNING, 0, MESSAGE_ID_REFUSED,
-                                 "refused %llu more connections in %llu s: %s (most from %s: %llu)",
-                                 (unsigned long long) sum.count,
-                                 (unsigned long long) (sum.window_usec / USEC_PER_SEC), refusal_name(sum.reason),
-                                 ipaddr_format_prefix(&sum.top_source, src), (unsigned long long) sum.top_count);
-                open = open || m->refusal_windows[i].start_usec != 0;
-        }
-        if (!open)
-                return 0; /* a oneshot: it stays off until the next refusal */
-        (void) sd_event_source_set_time(s, usec + REFUSAL_WINDOW_USEC);
-        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+static AdmitLimits limits_of(const Config *c) {
+        return (AdmitLimits) {
+                .max_connections = c->max_connections,
+                .max_per_source = c->max_per_source,
+                .prefix_v4 = c->source_prefix_v4,
+                .prefix_v6 = c->source_prefix_v6,
+        };
 }
 
-/* Count a refusal; log it if it opens a window, otherwise it goes into the window's summary. */
-static void note_refusal(Manager *m, Refusal reason, const Conn *c, const char *detail, int error) {
-        char peer[2 * IPADDR_STR_MAX + 8];
-        /* summaries group by the source key; before admission there is none yet */
-        IpAddr group = c->source.family ? c->source : c->peer;
+/* --- listeners ------------------------------------------------------------------------------- */
 
-        if (!c->source.family)
-                ipaddr_mask(&group, group.family == AF_INET ? 32 : 128);
-        m->counters.refused[reason]++;
-        refusal_top_note(&m->refused_sources, &group);
-        if (!refusal_window_note(&m->refusal_windows[reason], &group, now_usec()))
-                return;
-        log_format_peer(&c->peer, &c->via, c->proxied, peer);
-        if (error)
-                log_full(LOG_ERR, error, MESSAGE_ID_REFUSED, "refused connection from %s: %s", peer,
-                         refusal_name(reason));
-        else
-                log_full(LOG_WARNING, 0, MESSAGE_ID_REFUSED, "refused connection from %s: %s (%s)", peer,
-                         refusal_name(reason), detail);
+static void update_listeners(Accept *a) {
+        bool on = !a->stopping && !a->backoff_timer && !a->queue_full;
 
-        if (!m->refusal_timer)
-                (void) sd_event_add_time_relative(m->event, &m->refusal_timer, CLOCK_MONOTONIC,
-                                                  REFUSAL_WINDOW_USEC, USEC_PER_SEC / 10, on_refusal_timer, m);
-        else if (sd_event_source_get_enabled(m->refusal_timer, NULL) == 0) {
-                (void) sd_event_source_set_time_relative(m->refusal_timer, REFUSAL_WINDOW_USEC);
-                (void) sd_event_source_set_enabled(m->refusal_timer, SD_EVENT_ONESHOT);
-        }
+        for (unsigned i = 0; i < a->n_listeners; i++)
+                (void) sd_event_source_set_enabled(a->listeners[i]->source, on ? SD_EVENT_ON : SD_EVENT_OFF);
 }
 
-/* Refuse: accepted and closed at once. Frees c. */
-static void refuse(Manager *m, Conn *c, Refusal reason, const char *detail, int error) {
-        note_refusal(m, reason, c, detail, error);
-        if (c->counted)
-                source_table_remove(m->sources, &c->source);
+static int watch_listener(Accept *a, Listener *l) {
+        if (l->source)
+                return 0;
+        int r = sd_event_add_io(a->event, &l->source, l->fd, EPOLLIN, on_accept, a);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(l->source, SD_EVENT_OFF);
+        return r;
+}
+
+/* --- refusals -------------------------------------------------------------------------------- */
+
+static void refuse(Accept *a, Conn *c, Refusal reason, const char *detail, int error) {
+        refusals_note(a->refusals, reason, &c->peer, &c->via, c->proxied, &c->source, detail, error);
         conn_free(c);
 }
 
-/* --- fork ---------------------------------------------------------------------------------- */
+static void refuse_verdict(Accept *a, Conn *c, Refusal verdict) {
+        char detail[128], prefix[IPADDR_STR_MAX];
 
-/* Hand c to the spawner, which forks its child. Takes c. */
-static void spawn(Manager *m, Conn *c) {
-        int slot, r;
-
-        slot = child_table_reserve(m->children);
-        if (slot < 0) {
-                refuse(m, c, REFUSE_CAPACITY, "no free slot", 0);
-                return;
-        }
-
-        Child child = {
-                .proxied = c->proxied,
-                .peer = c->peer,
-                .via = c->via,
-                .local = c->local,
-                .source = c->source,
-                .start_usec = now_usec(),
-        };
-        r = child_table_commit(m->children, slot, &child);
-        if (r >= 0 && !c->counted)
-                r = source_table_add(m->sources, &c->source);
-        if (r < 0) /* cannot happen: both tables hold SLOTS_MAX */
-                log_error_errno(r, "Failed to account a connection");
-        c->counted = false; /* the slot holds the source count from here */
-        m->counters.accepted++;
-        m->counters.peak = MAX(m->counters.peak, child_table_active(m->children));
-        c->slot = slot;
-        spawner_handoff(m, c);
+        if (verdict == REFUSE_PER_SOURCE)
+                snprintf(detail, sizeof(detail), "max_per_source=%u reached for %s", a->config->max_per_source,
+                         ipaddr_format_prefix(&c->source, prefix));
+        else
+                snprintf(detail, sizeof(detail), "max_connections=%u reached", a->config->max_connections);
+        refuse(a, c, verdict, detail, 0);
 }
 
-void accept_spawn_failed(Manager *m, int slot, int error) {
-        uint64_t in, out;
-        Child child;
-
-        if (child_table_release_slot(m->children, slot, &child, &in, &out) < 0)
-                return;
-        source_table_remove(m->sources, &child.source);
-        m->counters.accepted--;
-        if (error == -ECANCELED)
-                return;
-        Conn c = { .peer = child.peer, .via = child.via, .proxied = child.proxied, .local = child.local,
-                   .source = child.source };
-        note_refusal(m, REFUSE_FORK, &c, NULL, error);
+void accept_note_refusal(Accept *a, Refusal reason, const Child *info, const char *detail, int error) {
+        refusals_note(a->refusals, reason, &info->peer, &info->via, info->proxied, &info->source, detail, error);
 }
 
-/* --- the wait queue (at_capacity = queue) --------------------------------------------------- */
+/* --- admission ------------------------------------------------------------------------------- */
 
-static int on_queue_timer(sd_event_source *s, uint64_t usec, void *userdata);
+/* Hand c up; refused if no slot could be had. Frees c either way. */
+static void hand_over(Accept *a, Conn *c) {
+        Child info = { .proxied = c->proxied, .peer = c->peer, .via = c->via, .local = c->local,
+                       .source = c->source };
 
-static void queue_arm_timer(Manager *m) {
-        if (!m->queue.head) {
-                if (m->queue_timer)
-                        (void) sd_event_source_set_enabled(m->queue_timer, SD_EVENT_OFF);
+        if (c->counted) {
+                source_table_remove(a->queued_sources, &c->source);
+                c->counted = false;
+        }
+        if (a->cb.admit(a->userdata, c->fd, &info) < 0) {
+                refuse_verdict(a, c, REFUSE_CAPACITY);
                 return;
         }
-        uint64_t when = m->queue.head->since + (uint64_t) m->config->queue_timeout * USEC_PER_SEC;
-        if (!m->queue_timer)
-                (void) sd_event_add_time(m->event, &m->queue_timer, CLOCK_MONOTONIC, when, USEC_PER_MSEC * 10,
-                                         on_queue_timer, m);
-        else {
-                (void) sd_event_source_set_time(m->queue_timer, when);
-                (void) sd_event_source_set_enabled(m->queue_timer, SD_EVENT_ONESHOT);
-        }
-}
-
-static void queue_update_full(Manager *m) {
-        bool full = m->queue.n >= m->config->backlog;
-
-        if (full != m->queue_full) {
-                m->queue_full = full;
-                manager_update_listeners(m);
-        }
-}
-
-/* Refuse the queued connections that waited queue_timeout; admit as many as there are slots. */
-static void queue_run(Manager *m) {
-        uint64_t timeout = (uint64_t) m->config->queue_timeout * USEC_PER_SEC, now = now_usec();
-        char detail[64];
-
-        while (m->queue.head) {
-                Conn *c = m->queue.head;
-                if (now - c->since >= timeout) {
-                        list_remove(&m->queue, c);
-                        snprintf(detail, sizeof(detail), "waited queue_timeout=%u s", m->config->queue_timeout);
-                        refuse(m, c, REFUSE_CAPACITY, detail, 0);
-                } else if (child_table_active(m->children) < m->config->max_connections && !m->stopping) {
-                        list_remove(&m->queue, c);
-                        spawn(m, c);
-                } else
-                        break;
-        }
-        queue_arm_timer(m);
-        queue_update_full(m);
+        c->fd = -1; /* taken */
+        conn_free(c);
 }
 
 static int on_queue_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        queue_run(userdata);
+        accept_run_queue(userdata);
         return 0;
 }
 
-void accept_slots_freed(Manager *m) {
-        if (m->queue.n > 0)
-                queue_run(m);
+static void queue_arm_timer(Accept *a) {
+        uint64_t when = UINT64_MAX;
+
+        if (a->queue.head)
+                when = a->queue.head->deadline;
+        if (a->grace.head)
+                when = MIN(when, a->grace.head->deadline);
+        if (when == UINT64_MAX) {
+                if (a->queue_timer)
+                        (void) sd_event_source_set_enabled(a->queue_timer, SD_EVENT_OFF);
+                return;
+        }
+        if (!a->queue_timer)
+                (void) sd_event_add_time(a->event, &a->queue_timer, CLOCK_MONOTONIC, when, USEC_PER_MSEC,
+                                         on_queue_timer, a);
+        else {
+                (void) sd_event_source_set_time(a->queue_timer, when);
+                (void) sd_event_source_set_enabled(a->queue_timer, SD_EVENT_ONESHOT);
+        }
 }
 
-/* --- admission ----------------------------------------------------------------------------- */
+static void queue_update_full(Accept *a) {
+        bool full = a->queue.n >= a->config->backlog;
 
-static void admit(Manager *m, Conn *c) {
-        const Config *cfg = m->config;
-        AdmitLimits limits = manager_limits(m);
+        if (full != a->queue_full) {
+                a->queue_full = full;
+                update_listeners(a);
+        }
+}
+
+/* Queue c until deadline. Returns false if there is no room (then c is untouched). */
+static bool enqueue(Accept *a, ConnList *l, Conn *c, Refusal verdict, uint64_t deadline) {
+        if (l == &a->grace && l->n >= ACCEPT_GRACE_MAX)
+                return false;
+        c->verdict = verdict;
+        c->deadline = deadline;
+        c->counted = source_table_add(a->queued_sources, &c->source) >= 0;
+        list_append(l, c);
+        queue_arm_timer(a);
+        queue_update_full(a);
+        return true;
+}
+
+static void admit(Accept *a, Conn *c) {
+        const Config *cfg = a->config;
+        AdmitLimits limits = limits_of(cfg);
         uint64_t now = now_usec();
         char detail[128], prefix[IPADDR_STR_MAX];
-        Refusal verdict;
 
-        if (!acl_allows(m->acl, &c->peer)) {
-                refuse(m, c, REFUSE_ACL, "denied by allow/deny", 0);
+        if (!acl_allows(a->acl, &c->peer)) {
+                refuse(a, c, REFUSE_ACL, "denied by allow/deny", 0);
                 return;
         }
         admit_source_key(&c->peer, &limits, &c->source);
-        ipaddr_format_prefix(&c->source, prefix);
         if (cfg->per_source_rate > 0 &&
-            !rate_table_take(m->source_rates, &c->source, cfg->per_source_rate,
+            !rate_table_take(a->source_rates, &c->source, cfg->per_source_rate,
                              config_burst(cfg->per_source_rate, cfg->per_source_burst), now)) {
-                snprintf(detail, sizeof(detail), "per_source_rate=%g/s exceeded for %s", cfg->per_source_rate, prefix);
-                refuse(m, c, REFUSE_PER_SOURCE_RATE, detail, 0);
+                snprintf(detail, sizeof(detail), "per_source_rate=%g/s exceeded for %s", cfg->per_source_rate,
+                         ipaddr_format_prefix(&c->source, prefix));
+                refuse(a, c, REFUSE_PER_SOURCE_RATE, detail, 0);
                 return;
         }
         if (cfg->connection_rate > 0 &&
-            !token_bucket_take(&m->rate, cfg->connection_rate, config_burst(cfg->connection_rate, cfg->connection_burst),
+            !token_bucket_take(&a->rate, cfg->connection_rate, config_burst(cfg->connection_rate, cfg->connection_burst),
                                now)) {
                 snprintf(detail, sizeof(detail), "connection_rate=%g/s exceeded", cfg->connection_rate);
-                refuse(m, c, REFUSE_RATE, detail, 0);
+                refuse(a, c, REFUSE_RATE, detail, 0);
                 return;
         }
 
-        unsigned busy = child_table_active(m->children) + m->queue.n;
-        verdict = admit_connection(m->sources, &limits, busy, &c->source);
-        /* Children that finished but are not reaped yet would still count: a client reconnecting
-         * the moment it has our FIN would be refused for the connection it just finished. Only
-         * on this (rare) path: reap what the spawner has reported, then leave out the children
-         * that have sent their last FIN but whose exit is still on its way. */
-        if (verdict != ADMIT_OK) {
-                unsigned same_source, finishing;
-
-                reap_children(m);
-                busy = child_table_active(m->children) + m->queue.n;
-                finishing = child_table_finishing(m->children, &c->source, &same_source);
-                verdict = admit_counts(&limits, busy - finishing,
-                                       source_table_count(m->sources, &c->source) - same_source);
-        }
-        switch (verdict) {
-        case ADMIT_OK:
-                spawn(m, c);
+        /* those already waiting go first, and a source's queued connections count for it */
+        unsigned busy = children_active(a->children) + a->queue.n + a->grace.n;
+        unsigned from_source = limits.max_per_source > 0 ? children_source_count(a->children, &c->source) +
+                                                                   source_table_count(a->queued_sources, &c->source)
+                                                         : 0;
+        Refusal verdict = admit_counts(&limits, busy, from_source);
+        if (verdict == ADMIT_OK) {
+                hand_over(a, c);
                 return;
-        case REFUSE_CAPACITY:
-                if (cfg->at_capacity == AT_CAPACITY_QUEUE) {
-                        c->since = now;
-                        c->counted = source_table_add(m->sources, &c->source) >= 0;
-                        list_append(&m->queue, c);
-                        if (m->queue.n == 1)
-                                queue_arm_timer(m);
-                        queue_update_full(m);
-                        return;
+        }
+        if (verdict == REFUSE_CAPACITY && cfg->at_capacity == AT_CAPACITY_QUEUE && !a->queue_full &&
+            enqueue(a, &a->queue, c, verdict, now + (uint64_t) cfg->queue_timeout * USEC_PER_SEC))
+                return;
+        if (enqueue(a, &a->grace, c, verdict, now + ACCEPT_GRACE_USEC))
+                return;
+        refuse_verdict(a, c, verdict);
+}
+
+/* Admit from l in order while there is room; refuse what has waited until its deadline. A
+ * connection held back by its own source's limit does not hold back the others. */
+static void run_list(Accept *a, ConnList *l, uint64_t now) {
+        AdmitLimits limits = limits_of(a->config);
+        bool full = false;
+
+        for (Conn *c = l->head, *next; c; c = next) {
+                next = c->next;
+                if (now >= c->deadline) {
+                        list_remove(l, c);
+                        if (l == &a->queue) {
+                                char detail[64];
+                                snprintf(detail, sizeof(detail), "waited queue_timeout=%u s", a->config->queue_timeout);
+                                refuse(a, c, REFUSE_CAPACITY, detail, 0);
+                        } else
+                                refuse_verdict(a, c, c->verdict);
+                        continue;
                 }
-                snprintf(detail, sizeof(detail), "max_connections=%u reached", cfg->max_connections);
-                refuse(m, c, verdict, detail, 0);
-                return;
-        case REFUSE_PER_SOURCE:
-                snprintf(detail, sizeof(detail), "max_per_source=%u reached for %s", cfg->max_per_source, prefix);
-                refuse(m, c, verdict, detail, 0);
-                return;
-        default:
-                refuse(m, c, verdict, "?", 0);
-                return;
+                if (full || a->stopping)
+                        continue;
+                unsigned from_source = limits.max_per_source > 0 ? children_source_count(a->children, &c->source) : 0;
+                Refusal verdict = admit_counts(&limits, children_active(a->children), from_source);
+                if (verdict == ADMIT_OK) {
+                        list_remove(l, c);
+                        hand_over(a, c);
+                } else if (verdict == REFUSE_CAPACITY)
+                        full = true; /* nobody else fits either; only deadlines are left to check */
         }
 }
 
-/* --- PROXY protocol ------------------------------------------------------------------------ */
+void accept_run_queue(Accept *a) {
+        uint64_t now = now_usec();
+
+        if (!a->queue.head && !a->grace.head)
+                return;
+        /* the older list first: both are in arrival order */
+        if (a->grace.head && (!a->queue.head || a->grace.head->deadline - ACCEPT_GRACE_USEC <=
+                                                        a->queue.head->deadline -
+                                                                (uint64_t) a->config->queue_timeout * USEC_PER_SEC)) {
+                run_list(a, &a->grace, now);
+                run_list(a, &a->queue, now);
+        } else {
+                run_list(a, &a->queue, now);
+                run_list(a, &a->grace, now);
+        }
+        queue_arm_timer(a);
+        queue_update_full(a);
+}
+
+/* --- PROXY protocol -------------------------------------------------------------------------- */
 
 static bool proxy_trusted(const Config *cfg, const IpAddr *sender) {
         for (unsigned i = 0; i < cfg->proxy_trusted.n; i++)
@@ -367,99 +386,100 @@ static const char *proxy_error_detail(int r) {
         }
 }
 
-static void proxy_done_waiting(Manager *m, Conn *c) {
-        list_remove(&m->proxy_pending, c);
+static void proxy_done_waiting(Accept *a, Conn *c) {
+        list_remove(&a->proxy_pending, c);
         c->io = sd_event_source_disable_unref(c->io);
         c->timer = sd_event_source_disable_unref(c->timer);
 }
 
 static int on_proxy_readable(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Conn *c = userdata;
-        Manager *m = c->manager;
+        Accept *a = c->accept;
         int r = proxy_read_header(c);
 
         if (r == 0)
                 return 0;
-        proxy_done_waiting(m, c);
+        proxy_done_waiting(a, c);
         if (r < 0)
-                refuse(m, c, REFUSE_PROXY, proxy_error_detail(r), 0);
+                refuse(a, c, REFUSE_PROXY, proxy_error_detail(r), 0);
         else
-                admit(m, c);
+                admit(a, c);
         return 0;
 }
 
 static int on_proxy_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Conn *c = userdata;
-        Manager *m = c->manager;
+        Accept *a = c->accept;
         char detail[64];
 
-        proxy_done_waiting(m, c);
-        snprintf(detail, sizeof(detail), "no header within %u s", m->config->proxy_timeout);
-        refuse(m, c, REFUSE_PROXY, detail, 0);
+        proxy_done_waiting(a, c);
+        snprintf(detail, sizeof(detail), "no header within %u s", a->config->proxy_timeout);
+        refuse(a, c, REFUSE_PROXY, detail, 0);
         return 0;
 }
 
-static void proxy_start(Manager *m, Conn *c) {
+static void proxy_start(Accept *a, Conn *c) {
         int r;
 
-        if (!proxy_trusted(m->config, &c->via)) {
-                refuse(m, c, REFUSE_PROXY, "untrusted sender", 0);
+        if (!proxy_trusted(a->config, &c->via)) {
+                refuse(a, c, REFUSE_PROXY, "untrusted sender", 0);
                 return;
         }
         r = proxy_read_header(c); /* usually the header came with the handshake's first segment */
         if (r > 0) {
-                admit(m, c);
+                admit(a, c);
                 return;
         }
         if (r < 0) {
-                refuse(m, c, REFUSE_PROXY, proxy_error_detail(r), 0);
+                refuse(a, c, REFUSE_PROXY, proxy_error_detail(r), 0);
                 return;
         }
-        if (m->proxy_pending.n >= PROXY_PENDING_MAX) {
-                refuse(m, c, REFUSE_PROXY, "too many connections waiting for a header", 0);
+        if (a->proxy_pending.n >= PROXY_PENDING_MAX) {
+                refuse(a, c, REFUSE_PROXY, "too many connections waiting for a header", 0);
                 return;
         }
-        r = sd_event_add_io(m->event, &c->io, c->fd, EPOLLIN, on_proxy_readable, c);
+        r = sd_event_add_io(a->event, &c->io, c->fd, EPOLLIN, on_proxy_readable, c);
         if (r >= 0)
-                r = sd_event_add_time_relative(m->event, &c->timer, CLOCK_MONOTONIC,
-                                               (uint64_t) m->config->proxy_timeout * USEC_PER_SEC,
+                r = sd_event_add_time_relative(a->event, &c->timer, CLOCK_MONOTONIC,
+                                               (uint64_t) a->config->proxy_timeout * USEC_PER_SEC,
                                                USEC_PER_MSEC * 10, on_proxy_timeout, c);
         if (r < 0) {
-                refuse(m, c, REFUSE_PROXY, NULL, r);
+                refuse(a, c, REFUSE_PROXY, NULL, r);
                 return;
         }
-        list_append(&m->proxy_pending, c);
+        list_append(&a->proxy_pending, c);
 }
 
-/* --- accept -------------------------------------------------------------------------------- */
+/* --- accept ---------------------------------------------------------------------------------- */
 
 static int on_backoff_over(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
+        Accept *a = userdata;
 
-        m->backoff_timer = sd_event_source_unref(m->backoff_timer);
-        manager_update_listeners(m);
+        a->backoff_timer = sd_event_source_unref(a->backoff_timer);
+        update_listeners(a);
         return 0;
 }
 
-/* Out of fds or memory: stop accepting for a moment instead of spinning on a ready listener. */
-static void accept_backoff(Manager *m, int error) {
-        if (m->backoff_timer)
+/* Out of fds or memory: stop accepting for a moment instead of spinning on a ready listener.
+ * (Logged here: this is where the decision to pause is taken.) */
+static void accept_backoff(Accept *a, int error) {
+        if (a->backoff_timer)
                 return;
         log_warning_errno(error, "accept() failed, pausing new connections for %llu ms",
                           (unsigned long long) (ACCEPT_BACKOFF_USEC / USEC_PER_MSEC));
-        (void) sd_event_add_time_relative(m->event, &m->backoff_timer, CLOCK_MONOTONIC, ACCEPT_BACKOFF_USEC,
-                                          0, on_backoff_over, m);
-        manager_update_listeners(m);
+        (void) sd_event_add_time_relative(a->event, &a->backoff_timer, CLOCK_MONOTONIC, ACCEPT_BACKOFF_USEC, 0,
+                                          on_backoff_over, a);
+        update_listeners(a);
 }
 
-static void handle_connection(Manager *m, Listener *l, int fd, const SockAddr *sa, socklen_t len) {
+static void handle_connection(Accept *a, Listener *l, int fd, const SockAddr *sa, socklen_t len) {
         Conn *c = calloc(1, sizeof(Conn));
 
         if (!c) {
                 safe_close(fd);
                 return;
         }
-        c->manager = m;
+        c->accept = a;
         c->fd = fd;
         c->local = l->bound;
         if (ipaddr_from_sockaddr(&sa->sa, len, &c->peer) < 0) {
@@ -468,27 +488,27 @@ static void handle_connection(Manager *m, Listener *l, int fd, const SockAddr *s
         }
         c->via = c->peer;
         if (l->proxy)
-                proxy_start(m, c);
+                proxy_start(a, c);
         else
-                admit(m, c);
+                admit(a, c);
 }
 
-int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Manager *m = userdata;
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Accept *a = userdata;
         Listener *l = NULL;
 
-        for (unsigned i = 0; i < m->n_listeners; i++)
-                if (m->listeners[i]->source == s)
-                        l = m->listeners[i];
+        for (unsigned i = 0; i < a->n_listeners && !l; i++)
+                if (a->listeners[i]->source == s)
+                        l = a->listeners[i];
         if (!l)
                 return 0;
 
         for (int i = 0; i < ACCEPT_BATCH; i++) {
                 SockAddr sa;
                 socklen_t len = sizeof(sa);
-                /* blocking, as the child sleeps in recv() on it: the master only ever
-                 * reads it with MSG_DONTWAIT (a PROXY header), and the child is spared
-                 * the two fcntl() calls to clear O_NONBLOCK */
+                /* blocking, as the child sleeps in recv() on it: the master only ever reads it
+                 * with MSG_DONTWAIT (a PROXY header), and the child is spared the two fcntl()
+                 * calls to clear O_NONBLOCK */
                 int cfd = accept4(fd, &sa.sa, &len, SOCK_CLOEXEC);
                 if (cfd < 0) {
                         switch (errno) {
@@ -507,80 +527,246 @@ int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
                         case ENETUNREACH:
                                 continue;
                         default: /* EMFILE, ENFILE, ENOBUFS, ENOMEM and the unexpected */
-                                accept_backoff(m, errno);
+                                accept_backoff(a, errno);
                                 return 0;
                         }
                 }
-                handle_connection(m, l, cfd, &sa, len);
-                if (m->queue_full)
+                handle_connection(a, l, cfd, &sa, len);
+                if (a->queue_full)
                         return 0; /* the listeners are off now: the kernel backlog holds the rest */
         }
         return 0;
 }
 
-/* --- configuration and stop ------------------------------------------------------------------ */
+/* --- configuration --------------------------------------------------------------------------- */
 
-int accept_apply_config(Manager *m, const Config *old) {
-        const Config *c = m->config;
-        Acl *acl;
+static bool rates_changed(const Config *old, const Config *c) {
+        return old->per_source_rate != c->per_source_rate || old->per_source_burst != c->per_source_burst ||
+               old->source_prefix_v4 != c->source_prefix_v4 || old->source_prefix_v6 != c->source_prefix_v6;
+}
+
+void accept_abort(AcceptPlan *p) {
+        if (!p)
+                return;
+        listeners_abort(&p->listeners);
+        acl_free(p->acl);
+        rate_table_free(p->rates);
+        free(p);
+}
+
+static int fail(char **ret_error, int r, const char *what) {
+        if (ret_error && asprintf(ret_error, "%s: %s", what, strerror(-r)) < 0)
+                *ret_error = NULL;
+        return r;
+}
+
+int accept_prepare(Accept *a, const Config *c, AcceptPlan **ret, char **ret_error) {
+        ListenAddr addrs[2 * CONFIG_MAX_LISTEN];
+        AcceptPlan *p = calloc(1, sizeof(AcceptPlan));
+        char addr[IPADDR_STR_MAX];
         int r;
 
-        if (!old || old->sandbox != c->sandbox) {
-                Sandbox *sb;
-                r = sandbox_new(c->sandbox, &sb);
+        if (!p)
+                return fail(ret_error, -ENOMEM, "out of memory");
+        p->config = c;
+        if (a->activated)
+                r = listeners_prepare_activated(a->listeners, a->n_listeners, c->proxy_protocol, &p->listeners);
+        else {
+                unsigned n = config_listen_addresses(c, addrs, ELEMENTSOF(addrs));
+                r = listeners_prepare(a->listeners, a->n_listeners, addrs, n, c->backlog, &p->listeners);
                 if (r < 0) {
-                        if (old)
-                                m->config->sandbox = old->sandbox;
-                        return r;
+                        char what[IPADDR_STR_MAX + 32];
+                        snprintf(what, sizeof(what), "cannot listen on %s", ipaddr_format_endpoint(&p->listeners.failed, addr));
+                        accept_abort(p);
+                        return fail(ret_error, r, what);
                 }
-                sandbox_free(m->sandbox);
-                m->sandbox = sb;
-                /* the running spawner entered the old one for good: a new spawner takes over */
-                if (old)
-                        spawner_retire(m);
         }
-        r = acl_new(&c->allow, &c->deny, &acl);
-        if (r < 0)
-                return r;
-        acl_free(m->acl);
-        m->acl = acl;
-        if (!m->source_rates) {
-                r = rate_table_new(SOURCE_RATES_MAX, &m->source_rates);
-                if (r < 0)
-                        return r;
+        for (unsigned i = 0; r >= 0 && i < p->listeners.n; i++)
+                if (p->listeners.fresh[i])
+                        r = watch_listener(a, p->listeners.list[i]);
+        if (r < 0) {
+                accept_abort(p);
+                return fail(ret_error, r, "cannot set up listeners");
         }
-        /* per-source buckets are keyed by the grouping; a new rate starts them afresh */
-        if (old && (old->per_source_rate != c->per_source_rate || old->per_source_burst != c->per_source_burst ||
-                    old->source_prefix_v4 != c->source_prefix_v4 || old->source_prefix_v6 != c->source_prefix_v6))
-                rate_table_clear(m->source_rates);
-        /* queued connections: the new limits and mode apply at once */
-        if (m->queue.n > 0) {
-                if (c->at_capacity == AT_CAPACITY_REFUSE)
-                        while (m->queue.head) {
-                                Conn *q = m->queue.head;
-                                list_remove(&m->queue, q);
-                                refuse(m, q, REFUSE_CAPACITY, "at_capacity is now refuse", 0);
-                        }
-                queue_run(m);
+        r = acl_new(&c->allow, &c->deny, &p->acl);
+        if (r < 0) {
+                accept_abort(p);
+                return fail(ret_error, r, "cannot build the access lists");
         }
-        queue_update_full(m);
+        if (!a->config || rates_changed(a->config, c)) {
+                r = rate_table_new(SOURCE_RATES_MAX, &p->rates);
+                if (r < 0) {
+                        accept_abort(p);
+                        return fail(ret_error, r, "cannot build the per-source rate table");
+                }
+        }
+        *ret = p;
         return 0;
 }
 
-unsigned accept_drop_pending(Manager *m) {
+/* Re-key the queued connections' per-source counts under the grouping in force. */
+static void regroup_queue(Accept *a) {
+        AdmitLimits limits = limits_of(a->config);
+
+        source_table_clear(a->queued_sources);
+        for (ConnList *l = &a->queue; l; l = l == &a->queue ? &a->grace : NULL)
+                for (Conn *c = l->head; c; c = c->next) {
+                        admit_source_key(&c->peer, &limits, &c->source);
+                        c->counted = source_table_add(a->queued_sources, &c->source) >= 0;
+                }
+}
+
+void accept_commit(Accept *a, AcceptPlan *p, AcceptChanges *ret) {
+        const Config *old = a->config;
+
+        *ret = (AcceptChanges) { 0 };
+        for (unsigned j = 0; j < a->n_listeners; j++) {
+                bool kept = false;
+                for (unsigned i = 0; i < p->listeners.n && !kept; i++)
+                        kept = p->listeners.list[i] == a->listeners[j];
+                if (!kept && ret->n_removed < ELEMENTSOF(ret->removed))
+                        ret->removed[ret->n_removed++] = a->listeners[j]->bound;
+        }
+        for (unsigned i = 0; i < p->listeners.n; i++)
+                if (p->listeners.fresh[i] && ret->n_added < ELEMENTSOF(ret->added))
+                        ret->added[ret->n_added++] = p->listeners.list[i]->bound;
+        unsigned n_old = a->n_listeners;
+        a->n_listeners = p->listeners.n;
+        a->listeners = listeners_commit(a->listeners, n_old, &p->listeners);
+
+        a->config = p->config;
+        acl_free(a->acl);
+        a->acl = TAKE_PTR(p->acl);
+        if (p->rates) {
+                /* per-source buckets are keyed by the grouping; a new rate starts them afresh */
+                rate_table_free(a->source_rates);
+                a->source_rates = TAKE_PTR(p->rates);
+        }
+        if (old && (old->source_prefix_v4 != a->config->source_prefix_v4 ||
+                    old->source_prefix_v6 != a->config->source_prefix_v6))
+                regroup_queue(a);
+        /* queued connections: the new limits and mode apply at once */
+        if (old && a->config->at_capacity == AT_CAPACITY_REFUSE)
+                while (a->queue.head) {
+                        Conn *q = a->queue.head;
+                        list_remove(&a->queue, q);
+                        refuse(a, q, REFUSE_CAPACITY, "at_capacity is now refuse", 0);
+                }
+        free(p);
+        update_listeners(a);
+        queue_arm_timer(a);
+        queue_update_full(a);
+}
+
+/* --- life ------------------------------------------------------------------------------------ */
+
+int accept_new(sd_event *event, const Children *children, const Config *config, Listener **listeners,
+               unsigned n_listeners, bool activated, const AcceptCallbacks *cb, void *userdata, Accept **ret) {
+        Accept *a = calloc(1, sizeof(Accept));
+        AcceptPlan *p = NULL;
+        AcceptChanges changes;
+        int r;
+
+        if (!a) {
+                for (unsigned i = 0; i < n_listeners; i++)
+                        listener_free(listeners[i]);
+                free(listeners);
+                return -ENOMEM;
+        }
+        *a = (Accept) { .event = sd_event_ref(event), .children = children, .cb = *cb, .userdata = userdata,
+                        .listeners = listeners, .n_listeners = n_listeners, .activated = activated };
+        r = refusals_new(event, &a->refusals);
+        if (r >= 0)
+                r = source_table_new(&a->queued_sources);
+        for (unsigned i = 0; r >= 0 && i < n_listeners; i++)
+                r = watch_listener(a, listeners[i]);
+        /* the first configuration goes in like any reload: its listeners are the ones bound */
+        if (r >= 0)
+                r = accept_prepare(a, config, &p, NULL);
+        if (r < 0) {
+                accept_free(a);
+                return r;
+        }
+        accept_commit(a, p, &changes);
+        *ret = a;
+        return 0;
+}
+
+static void drop_list(ConnList *l, unsigned *n) {
+        while (l->head) {
+                Conn *c = l->head;
+                list_remove(l, c);
+                conn_free(c);
+                (*n)++;
+        }
+}
+
+unsigned accept_stop(Accept *a) {
         unsigned n = 0;
 
-        for (ConnList *l = &m->proxy_pending; l; l = l == &m->proxy_pending ? &m->queue : NULL)
-                while (l->head) {
-                        Conn *c = l->head;
-                        list_remove(l, c);
-                        if (c->counted)
-                                source_table_remove(m->sources, &c->source);
-                        conn_free(c);
-                        n++;
-                }
-        n += m->handoff.n;
-        spawner_drop_handoff(m);
-        queue_arm_timer(m);
+        a->stopping = true;
+        for (unsigned i = 0; i < a->n_listeners; i++)
+                listener_free(a->listeners[i]);
+        a->n_listeners = 0;
+        drop_list(&a->proxy_pending, &n);
+        drop_list(&a->queue, &n);
+        drop_list(&a->grace, &n);
+        queue_arm_timer(a);
         return n;
+}
+
+Accept *accept_free(Accept *a) {
+        if (!a)
+                return NULL;
+        (void) accept_stop(a);
+        free(a->listeners);
+        sd_event_source_disable_unref(a->backoff_timer);
+        sd_event_source_disable_unref(a->queue_timer);
+        acl_free(a->acl);
+        rate_table_free(a->source_rates);
+        source_table_free(a->queued_sources);
+        refusals_free(a->refusals);
+        sd_event_unref(a->event);
+        free(a);
+        return NULL;
+}
+
+Listener *const *accept_listeners(const Accept *a, unsigned *ret_n) {
+        *ret_n = a->n_listeners;
+        return a->listeners;
+}
+
+unsigned accept_queued(const Accept *a) {
+        return a->queue.n + a->grace.n;
+}
+
+unsigned accept_proxy_pending(const Accept *a) {
+        return a->proxy_pending.n;
+}
+
+const Refusals *accept_refusals(const Accept *a) {
+        return a->refusals;
+}
+
+int accept_check(const Accept *a, const char **ret_what) {
+        unsigned counted = 0, by_source = 0, n;
+        size_t pos = 0;
+        const void *key;
+        int32_t v;
+
+        for (const ConnList *l = &a->queue; l; l = l == &a->queue ? &a->grace : NULL)
+                for (const Conn *c = l->head; c; c = c->next)
+                        counted += c->counted;
+        while (source_table_next(a->queued_sources, &pos, &key, &v))
+                by_source += (unsigned) v;
+        n = a->queue.n + a->grace.n;
+        if (by_source != counted || counted != n) {
+                *ret_what = "queued per-source counts do not sum to the queued connections";
+                return -EUCLEAN;
+        }
+        if (a->grace.n > ACCEPT_GRACE_MAX) {
+                *ret_what = "more connections in the grace wait than ACCEPT_GRACE_MAX";
+                return -EUCLEAN;
+        }
+        return 0;
 }

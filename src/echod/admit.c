@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "echod/children.h"
+#include "echod/slot.h"
 #include "shared/hashmap.h"
 #include "shared/macro.h"
 
@@ -94,7 +94,8 @@ void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret) {
 }
 
 Refusal admit_counts(const AdmitLimits *l, unsigned active, unsigned from_source) {
-        if (l->max_per_source > 0 && from_source >= l->max_per_source)
+        /* a per-source limit of max_connections or more never binds first: that is capacity */
+        if (l->max_per_source > 0 && l->max_per_source < l->max_connections && from_source >= l->max_per_source)
                 return REFUSE_PER_SOURCE;
         if (active >= l->max_connections)
                 return REFUSE_CAPACITY;

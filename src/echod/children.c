@@ -1,32 +1,42 @@
-/* The slot table: one slot per live child, shared counters in a memfd mapping.
+/* Admitted connections: slots, per-source counts and counters, from admission to process end.
  *
  * Memory stays proportional to use: the shared mapping and the private arrays are reserved for
  * SLOTS_MAX but only touched as slots are used, and freed slots are reused first (LIFO). */
 #include "echod/children.h"
 
 #include <errno.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "echod/admit.h"
+#include "echod/config.h"
+#include "echod/worker.h"
 #include "shared/hashmap.h"
 #include "shared/macro.h"
 #include "shared/mem.h"
 
-struct ChildTable {
+_Static_assert(SLOTS_MAX == CONFIG_MAX_CONNECTIONS, "one slot per connection max_connections allows");
+
+struct Children {
         SlotShared *shared; /* SLOTS_MAX entries, MAP_SHARED */
         int memfd;          /* ...of this memfd, which echod-spawner maps too */
-        Child *children;    /* SLOTS_MAX entries, private; pid 0 = free, CHILD_PID_PENDING = handed over */
+        Child *slots;       /* SLOTS_MAX entries, private; pid 0 = free */
         int32_t *free_stack;
         unsigned n_free;
         unsigned next_fresh; /* slots >= next_fresh have never been used */
-        unsigned active;
+        unsigned active, pending;
         HashMap *by_pid;
+        SourceTable *sources;
+        ChildCounters counters;
 };
 
-int child_table_new(ChildTable **ret) {
-        ChildTable *t = calloc(1, sizeof(ChildTable));
+int children_new(Children **ret) {
+        Children *t = calloc(1, sizeof(Children));
 
         if (!t)
                 return -ENOMEM;
@@ -34,41 +44,66 @@ int child_table_new(ChildTable **ret) {
         t->memfd = memfd_create("echod-slots", MFD_CLOEXEC);
         if (t->memfd < 0 || ftruncate(t->memfd, sizeof(SlotShared) * SLOTS_MAX) < 0) {
                 int r = negative_errno();
-                child_table_free(t);
+                children_free(t);
                 return r;
         }
         t->shared = mmap(NULL, sizeof(SlotShared) * SLOTS_MAX, PROT_READ | PROT_WRITE, MAP_SHARED, t->memfd, 0);
         if (t->shared == MAP_FAILED) {
                 t->shared = NULL;
-                child_table_free(t);
+                children_free(t);
                 return -ENOMEM;
         }
         /* the master's own bookkeeping: not inherited, so fork() neither copies nor COW-faults it */
-        t->children = mem_alloc_unshared(SLOTS_MAX * sizeof(Child));
+        t->slots = mem_alloc_unshared(SLOTS_MAX * sizeof(Child));
         t->free_stack = mem_alloc_unshared(SLOTS_MAX * sizeof(int32_t));
         t->by_pid = hashmap_new(sizeof(pid_t), SLOTS_MAX * 2);
-        if (!t->children || !t->free_stack || !t->by_pid) {
-                child_table_free(t);
+        if (!t->slots || !t->free_stack || !t->by_pid || source_table_new(&t->sources) < 0) {
+                children_free(t);
                 return -ENOMEM;
         }
         *ret = t;
         return 0;
 }
 
-ChildTable *child_table_free(ChildTable *t) {
+Children *children_free(Children *t) {
         if (!t)
                 return NULL;
         if (t->shared)
                 munmap(t->shared, sizeof(SlotShared) * SLOTS_MAX);
         safe_close(t->memfd);
-        mem_free_unshared(t->children, SLOTS_MAX * sizeof(Child));
+        mem_free_unshared(t->slots, SLOTS_MAX * sizeof(Child));
         mem_free_unshared(t->free_stack, SLOTS_MAX * sizeof(int32_t));
         hashmap_free(t->by_pid);
+        source_table_free(t->sources);
         free(t);
         return NULL;
 }
 
-int child_table_reserve(ChildTable *t) {
+int children_memfd(const Children *t) {
+        return t->memfd;
+}
+
+unsigned children_active(const Children *t) {
+        return t->active;
+}
+
+unsigned children_pending(const Children *t) {
+        return t->pending;
+}
+
+unsigned children_source_count(const Children *t, const IpAddr *source) {
+        return source_table_count(t->sources, source);
+}
+
+const ChildCounters *children_counters(const Children *t) {
+        return &t->counters;
+}
+
+static bool slot_valid(const Children *t, int slot) {
+        return slot >= 0 && (unsigned) slot < t->next_fresh && t->slots[slot].pid != 0;
+}
+
+int children_admit(Children *t, const Child *info, uint64_t now) {
         int slot;
 
         if (t->n_free > 0)
@@ -77,121 +112,205 @@ int child_table_reserve(ChildTable *t) {
                 slot = (int) t->next_fresh++;
         else
                 return -ENOSPC;
+        /* cannot fail: the source table holds SLOTS_MAX * 2 keys, and there is one per slot at most */
+        (void) source_table_add(t->sources, &info->source);
 
         SlotShared *s = &t->shared[slot];
         atomic_store_explicit(&s->bytes_in, 0, memory_order_relaxed);
         atomic_store_explicit(&s->bytes_out, 0, memory_order_relaxed);
         atomic_store_explicit(&s->last_active_usec, 0, memory_order_relaxed);
         atomic_store_explicit(&s->pid, 0, memory_order_relaxed);
-        atomic_store_explicit(&s->finished, 0, memory_order_relaxed);
+
+        t->slots[slot] = *info;
+        t->slots[slot].pid = CHILD_PID_PENDING;
+        t->slots[slot].adopted = false;
+        t->slots[slot].start_usec = now;
+        t->active++;
+        t->pending++;
+        t->counters.accepted++;
+        t->counters.peak = MAX(t->counters.peak, t->active);
         return slot;
 }
 
-void child_table_abort(ChildTable *t, int slot) {
-        t->free_stack[t->n_free++] = slot;
-}
-
-int child_table_commit(ChildTable *t, int slot, const Child *child) {
-        if (child->pid > 0) {
-                int r = hashmap_put(t->by_pid, &child->pid, slot);
-                if (r < 0)
-                        return r;
-        }
-        t->children[slot] = *child;
-        if (child->pid <= 0)
-                t->children[slot].pid = CHILD_PID_PENDING;
-        t->active++;
-        return 0;
-}
-
-int child_table_started(ChildTable *t, int slot, pid_t pid) {
-        if (slot < 0 || slot >= SLOTS_MAX || t->children[slot].pid != CHILD_PID_PENDING || pid <= 0)
+int children_started(Children *t, int slot, pid_t pid, unsigned spawner) {
+        if (!slot_valid(t, slot) || t->slots[slot].pid != CHILD_PID_PENDING || pid <= 0)
                 return -ENOENT;
+        if (hashmap_get(t->by_pid, &pid))
+                return -EEXIST;
         int r = hashmap_put(t->by_pid, &pid, slot);
         if (r < 0)
                 return r;
-        t->children[slot].pid = pid;
+        t->slots[slot].pid = pid;
+        t->slots[slot].spawner = spawner;
+        t->pending--;
         return 0;
 }
 
-int child_table_release_slot(ChildTable *t, int slot, Child *ret_child, uint64_t *ret_in, uint64_t *ret_out) {
-        if (slot < 0 || slot >= SLOTS_MAX || t->children[slot].pid == 0)
-                return -ENOENT;
-        if (t->children[slot].pid > 0)
-                hashmap_remove(t->by_pid, &t->children[slot].pid);
-        *ret_child = t->children[slot];
-        *ret_in = atomic_load_explicit(&t->shared[slot].bytes_in, memory_order_relaxed);
-        *ret_out = atomic_load_explicit(&t->shared[slot].bytes_out, memory_order_relaxed);
-        t->children[slot].pid = 0;
+/* Give a slot back, with what its child counted. Bytes are the child's own word, so bounded:
+ * no more out than in (an echo), and never past what it could have moved. */
+static void release(Children *t, int slot, uint64_t now, ChildRecord *ret) {
+        Child *c = &t->slots[slot];
+        uint64_t in = atomic_load_explicit(&t->shared[slot].bytes_in, memory_order_relaxed);
+        uint64_t out = atomic_load_explicit(&t->shared[slot].bytes_out, memory_order_relaxed);
+
+        *ret = (ChildRecord) {
+                .child = *c,
+                .pid = c->pid > 0 ? c->pid : 0,
+                .duration_usec = now > c->start_usec ? now - c->start_usec : 0,
+                .bytes_in = in,
+                .bytes_out = MIN(out, in),
+        };
+        source_table_remove(t->sources, &c->source);
+        if (c->pid > 0)
+                hashmap_remove(t->by_pid, &c->pid);
+        else
+                t->pending--;
+        c->pid = 0;
         t->free_stack[t->n_free++] = slot;
         t->active--;
-        return slot;
 }
 
-int child_table_release(ChildTable *t, pid_t pid, Child *ret_child, uint64_t *ret_in, uint64_t *ret_out) {
-        int32_t *v = hashmap_get(t->by_pid, &pid);
-
-        return v ? child_table_release_slot(t, *v, ret_child, ret_in, ret_out) : -ENOENT;
+int children_failed(Children *t, int slot, int error, uint64_t now, ChildRecord *ret) {
+        if (!slot_valid(t, slot) || t->slots[slot].pid != CHILD_PID_PENDING)
+                return -ENOENT;
+        release(t, slot, now, ret);
+        snprintf(ret->reason, sizeof(ret->reason), "fork-failed");
+        ret->failure = error != -ECANCELED;
+        t->counters.accepted--;
+        t->counters.fork_failed++;
+        return 0;
 }
 
-int child_table_next_pending(const ChildTable *t, int *pos) {
-        for (; *pos >= 0 && (unsigned) *pos < t->next_fresh; (*pos)++)
-                if (t->children[*pos].pid == CHILD_PID_PENDING)
-                        return (*pos)++;
-        return -ENOENT;
+int children_exited(Children *t, pid_t pid, int status, uint64_t now, ChildRecord *ret) {
+        int32_t *v = pid > 0 ? hashmap_get(t->by_pid, &pid) : NULL;
+
+        if (!v)
+                return -ENOENT;
+        release(t, *v, now, ret);
+        if (WIFEXITED(status)) {
+                int code = WEXITSTATUS(status);
+                snprintf(ret->reason, sizeof(ret->reason), "%s", worker_exit_reason(code));
+                ret->failure = code == WORKER_SETUP_FAILED || code == WORKER_IO_ERROR || code >= _WORKER_EXIT_MAX;
+                if (code == WORKER_SETUP_FAILED)
+                        t->counters.crashed++;
+        } else {
+                int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+                const char *name = sigabbrev_np(sig);
+                snprintf(ret->reason, sizeof(ret->reason), "killed-by-SIG%s", name ? name : "?");
+                ret->failure = true;
+                t->counters.crashed++;
+        }
+        t->counters.closed++;
+        t->counters.bytes_in += ret->bytes_in;
+        t->counters.bytes_out += ret->bytes_out;
+        return 0;
 }
 
-unsigned child_table_finishing(const ChildTable *t, const IpAddr *source, unsigned *ret_same_source) {
-        unsigned n = 0, same = 0;
-
-        for (unsigned i = 0; i < t->next_fresh; i++)
-                if (t->children[i].pid != 0 && atomic_load_explicit(&t->shared[i].finished, memory_order_acquire)) {
-                        n++;
-                        same += ipaddr_equal(&t->children[i].source, source);
-                }
-        *ret_same_source = same;
-        return n;
-}
-
-unsigned child_table_adopt_all(ChildTable *t) {
+unsigned children_adopt(Children *t, unsigned spawner) {
         const void *key;
         size_t pos = 0;
         int32_t slot;
         unsigned n = 0;
 
-        while (hashmap_next(t->by_pid, &pos, &key, &slot)) {
-                t->children[slot].adopted = true;
-                n++;
-        }
+        while (hashmap_next(t->by_pid, &pos, &key, &slot))
+                if (t->slots[slot].spawner == spawner && !t->slots[slot].adopted) {
+                        t->slots[slot].adopted = true;
+                        n++;
+                }
         return n;
 }
 
-int child_table_memfd(const ChildTable *t) {
-        return t->memfd;
+pid_t children_pending_pid(const Children *t, int slot) {
+        if (!slot_valid(t, slot) || t->slots[slot].pid != CHILD_PID_PENDING)
+                return -ENOENT;
+        uint64_t pid = atomic_load_explicit(&t->shared[slot].pid, memory_order_relaxed);
+        return pid > 0 && pid < (uint64_t) INT32_MAX ? (pid_t) pid : -ENOENT;
 }
 
-int child_table_slot_of(ChildTable *t, pid_t pid) {
-        int32_t *v = hashmap_get(t->by_pid, &pid);
-        return v ? *v : -ENOENT;
+void children_regroup(Children *t, unsigned prefix_v4, unsigned prefix_v6) {
+        source_table_clear(t->sources);
+        for (unsigned i = 0; i < t->next_fresh; i++) {
+                Child *c = &t->slots[i];
+                if (c->pid == 0)
+                        continue;
+                c->source = c->peer;
+                ipaddr_mask(&c->source, c->peer.family == AF_INET ? prefix_v4 : prefix_v6);
+                (void) source_table_add(t->sources, &c->source); /* as in admit: cannot fail */
+        }
 }
 
-SlotShared *child_table_shared(ChildTable *t, int slot) {
-        return &t->shared[slot];
+const Child *children_next(const Children *t, size_t *pos, int *ret_slot) {
+        for (; *pos < t->next_fresh; (*pos)++)
+                if (t->slots[*pos].pid != 0) {
+                        if (ret_slot)
+                                *ret_slot = (int) *pos;
+                        return &t->slots[(*pos)++];
+                }
+        return NULL;
 }
 
-const Child *child_table_get(const ChildTable *t, int slot) {
-        return &t->children[slot];
+void children_slot_counters(const Children *t, int slot, uint64_t *ret_in, uint64_t *ret_out, uint64_t *ret_last) {
+        const SlotShared *s = &t->shared[slot];
+        uint64_t in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
+        uint64_t out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+
+        *ret_in = in;
+        *ret_out = MIN(out, in);
+        *ret_last = atomic_load_explicit(&s->last_active_usec, memory_order_relaxed);
 }
 
-unsigned child_table_active(const ChildTable *t) {
-        return t->active;
-}
-
-const Child *child_table_next(const ChildTable *t, size_t *pos) {
+bool children_next_source(const Children *t, size_t *pos, IpAddr *ret_source, unsigned *ret_count) {
         const void *key;
-        int32_t slot;
+        int32_t v;
 
-        if (!hashmap_next(t->by_pid, pos, &key, &slot))
-                return NULL;
-        return &t->children[slot];
+        if (!source_table_next(t->sources, pos, &key, &v))
+                return false;
+        memcpy(ret_source, key, sizeof(IpAddr));
+        *ret_count = (unsigned) v;
+        return true;
+}
+
+const Child *children_get_by_pid(const Children *t, pid_t pid) {
+        int32_t *v = hashmap_get(t->by_pid, &pid);
+        return v ? &t->slots[*v] : NULL;
+}
+
+int children_check(const Children *t, const char **ret_what) {
+        unsigned used = 0, pending = 0, live = 0, by_source = 0;
+        size_t pos = 0;
+        IpAddr src;
+        unsigned n;
+
+#define CHECK(cond, what)                  \
+        do {                               \
+                if (!(cond)) {             \
+                        *ret_what = (what); \
+                        return -EUCLEAN;   \
+                }                          \
+        } while (0)
+
+        for (unsigned i = 0; i < t->next_fresh; i++) {
+                const Child *c = &t->slots[i];
+                if (c->pid == 0)
+                        continue;
+                used++;
+                if (c->pid == CHILD_PID_PENDING)
+                        pending++;
+                else {
+                        int32_t *v = hashmap_get(t->by_pid, &c->pid);
+                        CHECK(v && *v == (int32_t) i, "a live child is not in the pid index under its slot");
+                        live++;
+                }
+                CHECK(source_table_count(t->sources, &c->source) > 0, "an admitted connection has no per-source count");
+        }
+        CHECK(used == t->active, "active != admitted slots in use");
+        CHECK(pending == t->pending, "pending count != pending slots");
+        CHECK(live + pending == t->active, "active != live children + hand-offs in flight");
+        CHECK(hashmap_size(t->by_pid) == live, "the pid index holds something that is not a live child");
+        CHECK(used + t->n_free == t->next_fresh, "a slot is both free and used, or neither");
+        while (children_next_source(t, &pos, &src, &n))
+                by_source += n;
+        CHECK(by_source == t->active, "per-source counts do not sum to active");
+#undef CHECK
+        return 0;
 }

@@ -1,75 +1,106 @@
-/* The slot table: one slot per live child, shared counters in a MAP_SHARED mapping. */
+/* Admitted connections: the one owner of each connection's life, from admission to the end of
+ * its process.
+ *
+ * Owns the slot table (a slot per admitted connection; the shared counters its child writes, in
+ * slot.h), the per-source counts of admitted connections, and the counters of connections that
+ * ended. Verbs only: no logging, no event loop, no I/O. The master logs the records they return.
+ *
+ * A connection's life:
+ *   children_admit()    slot taken, counted: pending (handed to the spawner, no process yet)
+ *   children_started()  the spawner forked it: live, indexed by pid
+ *   children_exited()   its process is gone: slot freed, the record returned
+ *   children_failed()   no process was ever made: slot freed, counted as a refusal, not accepted
+ * A connection counts against max_connections and max_per_source from children_admit() until
+ * one of the last two, and nothing else frees a slot.
+ *
+ * Invariants (children_check(), asserted after every event in an invariants build):
+ *   active = pending + live; the per-source counts sum to active; the pid index holds exactly
+ *   the live ones, each once; free + used slots = slots ever used. */
 #pragma once
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "echod/config.h"
+#include "echod/slot.h"
 #include "shared/ipaddr.h"
 
-#define SLOTS_MAX CONFIG_MAX_CONNECTIONS
-
-/* Written by the child (single writer, relaxed atomics), read by the master. A memfd mapped by
- * the master and by echod-spawner before any fork, so every child sees the same pages. */
-typedef struct SlotShared {
-        _Atomic uint64_t bytes_in;
-        _Atomic uint64_t bytes_out;
-        _Atomic uint64_t last_active_usec; /* CLOCK_MONOTONIC */
-        _Atomic uint64_t pid; /* written by the spawner after fork; the master's fallback if the
-                               * spawner dies before telling it (a child could overwrite it) */
-        _Atomic uint64_t finished; /* set by the child before its last FIN: the peer is done with
-                                    * it, though its exit may not be reaped yet */
-} SlotShared;
-
-/* Master-private: a child cannot scribble over what the master trusts. */
 #define CHILD_PID_PENDING ((pid_t) -1)
 
+/* Master-private: a child cannot scribble over what the master trusts. */
 typedef struct Child {
-        pid_t pid;            /* CHILD_PID_PENDING: handed to the spawner, not forked yet */
-        bool adopted;         /* reparented to the master when the spawner died */
-        bool proxied; /* peer came from a PROXY header; via is the sender */
+        pid_t pid;        /* CHILD_PID_PENDING: handed to the spawner, not forked yet */
+        unsigned spawner; /* the spawner process (its generation) that holds or forked it */
+        bool adopted;     /* reparented to the master when its spawner exited */
+        bool proxied;     /* peer came from a PROXY header; via is the sender */
         IpAddr peer;
         IpAddr via;
         IpAddr local;
-        IpAddr source; /* the per-source key it was admitted under */
-        uint64_t start_usec; /* CLOCK_MONOTONIC */
+        IpAddr source;        /* the per-source key it counts under */
+        uint64_t start_usec;  /* CLOCK_MONOTONIC, at admission */
 } Child;
 
-typedef struct ChildTable ChildTable;
+/* How a connection ended, for the log and the counters. */
+typedef struct ChildRecord {
+        Child child;
+        pid_t pid;
+        uint64_t duration_usec;
+        uint64_t bytes_in, bytes_out;
+        char reason[48];  /* "clean", "idle-timeout", "killed-by-SIGKILL", "fork-failed", ... */
+        bool failure;     /* an error worth a warning even with log_connections off */
+} ChildRecord;
 
-int child_table_new(ChildTable **ret);
-ChildTable *child_table_free(ChildTable *t);
+typedef struct ChildCounters {
+        uint64_t accepted;           /* admitted and handed to a process */
+        uint64_t closed;             /* processes that ended */
+        uint64_t crashed;            /* ... from a signal, or failed their setup */
+        uint64_t fork_failed;        /* admitted, but no process could be made */
+        uint64_t bytes_in, bytes_out; /* of the connections that ended */
+        unsigned peak;
+} ChildCounters;
 
-/* Take a free slot and zero its shared counters. Returns the slot index or -ENOSPC. */
-int child_table_reserve(ChildTable *t);
-/* Give back a reserved slot that never got a child (fork failed). */
-void child_table_abort(ChildTable *t, int slot);
-/* Bind a reserved slot to a connection handed to the spawner; child->pid is its pid if known,
- * else 0 until child_table_started(). */
-int child_table_commit(ChildTable *t, int slot, const Child *child);
-/* The spawner forked slot's child. Returns 0, or -ENOENT if the slot is not waiting for one. */
-int child_table_started(ChildTable *t, int slot, pid_t pid);
-/* Copy out a slot's data and free it. Returns the slot or -ENOENT. */
-int child_table_release_slot(ChildTable *t, int slot, Child *ret_child, uint64_t *ret_in, uint64_t *ret_out);
-/* Same, looked up by the exited child's pid. */
-int child_table_release(ChildTable *t, pid_t pid, Child *ret_child, uint64_t *ret_in, uint64_t *ret_out);
-/* Slots handed over whose pid is not known yet: start with *pos = 0; -ENOENT at the end. */
-int child_table_next_pending(const ChildTable *t, int *pos);
-/* Live children that have finished (SlotShared.finished) but are not reaped yet, and how many
- * of them were admitted under source. Only advisory: a child could set it early, and then only
- * its own source is admitted sooner. */
-unsigned child_table_finishing(const ChildTable *t, const IpAddr *source, unsigned *ret_same_source);
-/* The spawner died: every live child with a known pid is the master's own now. Returns how many. */
-unsigned child_table_adopt_all(ChildTable *t);
-/* The memfd behind the shared counters, for the spawner to map. */
-int child_table_memfd(const ChildTable *t);
+typedef struct Children Children;
 
-SlotShared *child_table_shared(ChildTable *t, int slot);
-/* The slot of a live child, or -ENOENT. */
-int child_table_slot_of(ChildTable *t, pid_t pid);
-const Child *child_table_get(const ChildTable *t, int slot);
-unsigned child_table_active(const ChildTable *t);
-/* Iterate live children whose pid is known: start with *pos = 0. */
-const Child *child_table_next(const ChildTable *t, size_t *pos);
+int children_new(Children **ret);
+Children *children_free(Children *t);
+/* The memfd behind the shared slots, for the spawner to map. */
+int children_memfd(const Children *t);
+
+/* --- counts that decisions read (no scans) --- */
+unsigned children_active(const Children *t);
+unsigned children_pending(const Children *t);
+unsigned children_source_count(const Children *t, const IpAddr *source);
+const ChildCounters *children_counters(const Children *t);
+
+/* --- verbs --- */
+/* Take a slot for an admitted connection (info->source is its per-source key). Returns the slot
+ * or -ENOSPC. */
+int children_admit(Children *t, const Child *info, uint64_t now);
+/* The spawner `spawner` forked slot's child. -ENOENT if the slot is not pending, -EEXIST if the
+ * pid is already someone's. */
+int children_started(Children *t, int slot, pid_t pid, unsigned spawner);
+/* No process for slot (fork failed, or the hand-off was lost): frees it. -ENOENT if not pending. */
+int children_failed(Children *t, int slot, int error, uint64_t now, ChildRecord *ret);
+/* pid's process is gone with wait status: frees its slot. -ENOENT if pid is not a live child. */
+int children_exited(Children *t, pid_t pid, int status, uint64_t now, ChildRecord *ret);
+/* Spawner `spawner` has exited: its live children are the master's own now (it is their
+ * subreaper). Returns how many. */
+unsigned children_adopt(Children *t, unsigned spawner);
+/* A pending slot whose spawner died before reporting: the pid it wrote into the shared page
+ * after forking, if any (a hint: the caller checks it is really its child). -ENOENT otherwise. */
+pid_t children_pending_pid(const Children *t, int slot);
+/* New prefix lengths: re-key every admitted connection's per-source count. Cannot fail. */
+void children_regroup(Children *t, unsigned prefix_v4, unsigned prefix_v6);
+
+/* --- reading --- */
+/* Iterate admitted connections (pending ones too): start with *pos = 0; returns NULL at the end. */
+const Child *children_next(const Children *t, size_t *pos, int *ret_slot);
+/* Live counters of a slot (written by its child: hints, bounded by the caller). */
+void children_slot_counters(const Children *t, int slot, uint64_t *ret_in, uint64_t *ret_out, uint64_t *ret_last);
+/* Iterate per-source counts: start with *pos = 0. */
+bool children_next_source(const Children *t, size_t *pos, IpAddr *ret_source, unsigned *ret_count);
+const Child *children_get_by_pid(const Children *t, pid_t pid);
+
+/* Check the invariants above by walking everything. Returns 0, or -EUCLEAN with *ret_what naming
+ * the first one broken. */
+int children_check(const Children *t, const char **ret_what);

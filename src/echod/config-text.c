@@ -1,9 +1,9 @@
 /* The text of echod.conf before libconfuse sees it: reading, comment removal, key lines.
  *
- * libconfuse 3.3 miscounts lines after comments (+2 per '#'/'//' comment line, see
- * ../shared/research/ecosystem.md §3) and rejects comments inside {...} lists. We therefore blank
- * out comments ourselves, keeping every newline, and hand libconfuse a comment-free buffer: its
- * line counter is then exact and lists may hold comments. */
+ * libconfuse 3.3 miscounts lines after comments (+2 per '#'/'//' comment line) and rejects
+ * comments inside {...} lists. We therefore blank out comments ourselves, keeping every newline,
+ * and hand libconfuse a comment-free buffer: its line counter is then exact and lists may hold
+ * comments. */
 #include "echod/config-text.h"
 
 #include <errno.h>

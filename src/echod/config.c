@@ -26,24 +26,28 @@ typedef struct Key {
         double min, max;
         size_t offset;
         const char *const *values; /* KEY_ENUM: the accepted words, in enum order */
+        /* KEY_UINT: another limit that caps this one's default: left out of the file, this key is
+         * the smaller of def_int and the other; written, it is checked as written */
+        const char *def_capped_by;
 } Key;
 
 static const char *const at_capacity_values[] = { "refuse", "queue", NULL };
 
-#define KEY_NUM(n, t, d, lo, hi) { #n, t, d, NULL, lo, hi, offsetof(Config, n), NULL }
+#define KEY_NUM(n, t, d, lo, hi) { #n, t, d, NULL, lo, hi, offsetof(Config, n), NULL, NULL }
 #define KEY_UNSIGNED(n, d, lo, hi) KEY_NUM(n, KEY_UINT, d, lo, hi)
-#define KEY_STRING(n, d) { #n, KEY_STR, 0, d, 0, 0, offsetof(Config, n), NULL }
-#define KEY_LIST(n, t, d) { #n, t, 0, d, 0, 0, offsetof(Config, n), NULL }
-#define KEY_FLAG(n, d) { #n, KEY_BOOL, d, NULL, 0, 1, offsetof(Config, n), NULL }
+#define KEY_UNSIGNED_CAPPED(n, d, lo, hi, other) { #n, KEY_UINT, d, NULL, lo, hi, offsetof(Config, n), NULL, #other }
+#define KEY_STRING(n, d) { #n, KEY_STR, 0, d, 0, 0, offsetof(Config, n), NULL, NULL }
+#define KEY_LIST(n, t, d) { #n, t, 0, d, 0, 0, offsetof(Config, n), NULL, NULL }
+#define KEY_FLAG(n, d) { #n, KEY_BOOL, d, NULL, 0, 1, offsetof(Config, n), NULL, NULL }
 
 static const Key keys[] = {
         KEY_LIST(listen, KEY_LISTEN, "{\"0.0.0.0:7\", \"[::]:7\"}"),
         KEY_UNSIGNED(backlog, 1024, 1, 65535),
         KEY_UNSIGNED(max_connections, 512, 1, CONFIG_MAX_CONNECTIONS),
-        KEY_UNSIGNED(max_per_source, 64, 0, CONFIG_MAX_CONNECTIONS),
+        KEY_UNSIGNED_CAPPED(max_per_source, 64, 0, CONFIG_MAX_CONNECTIONS, max_connections),
         KEY_UNSIGNED(source_prefix_v4, 32, 0, 32),
         KEY_UNSIGNED(source_prefix_v6, 64, 0, 128),
-        { "at_capacity", KEY_ENUM, 0, "refuse", 0, 0, offsetof(Config, at_capacity), at_capacity_values },
+        { "at_capacity", KEY_ENUM, 0, "refuse", 0, 0, offsetof(Config, at_capacity), at_capacity_values, NULL },
         KEY_UNSIGNED(queue_timeout, 10, 1, 3600),
         KEY_NUM(connection_rate, KEY_FLOAT, 0, 0, 1e6),
         KEY_UNSIGNED(connection_burst, 0, 0, 1000000),
@@ -209,6 +213,90 @@ static int validate_cidr(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
         return 0;
 }
 
+/* Numbers are decimal, as echod.conf(5) says. libconfuse reads integers with strtol(base 0), so
+ * "0300" would be octal 192 and "0x10" hex 16, and floats with strtod, which takes hex too: its
+ * own parsing is replaced by these callbacks, which accept only an optional '-', digits without a
+ * leading zero, and for floats a fraction and an exponent. */
+static size_t digits(const char *s) {
+        return strspn(s, "0123456789");
+}
+
+static bool is_decimal(const char *s, bool fraction) {
+        const char *p = s + (*s == '-');
+        size_t n = digits(p);
+
+        if (n == 0 || (p[0] == '0' && n > 1))
+                return false;
+        p += n;
+        if (fraction && *p == '.') {
+                if ((n = digits(++p)) == 0)
+                        return false;
+                p += n;
+        }
+        if (fraction && (*p == 'e' || *p == 'E')) {
+                p++;
+                p += (*p == '+' || *p == '-');
+                if ((n = digits(p)) == 0)
+                        return false;
+                p += n;
+        }
+        return *p == 0;
+}
+
+/* Something meant as a number, but not written in decimal: "0300", "0x10", "+5", ".5". */
+static bool looks_numeric(const char *s) {
+        s += (*s == '+' || *s == '-');
+        return digits(s) > 0 || (s[0] == '.' && digits(s + 1) > 0);
+}
+
+static int parse_int(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result) {
+        const Key *k = key_find(opt->name);
+        long v;
+
+        if (!value || !is_decimal(value, false)) {
+                if (value && looks_numeric(value))
+                        parse_error_at(cfg->line,
+                                       "%s: '%s' is not a decimal integer (leading zeros and 0x are not accepted)",
+                                       opt->name, value);
+                else
+                        parse_error_at(cfg->line, "invalid integer value for option '%s'", opt->name);
+                return -1;
+        }
+        errno = 0;
+        v = strtol(value, NULL, 10);
+        if (errno == ERANGE) {
+                parse_error_at(cfg->line, "%s: value %s out of range %.0f..%.0f", opt->name, value,
+                               k ? k->min : 0, k ? k->max : 0);
+                return -1;
+        }
+        *(long *) result = v;
+        return 0;
+}
+
+static int parse_float(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result) {
+        const Key *k = key_find(opt->name);
+        double v;
+
+        if (!value || !is_decimal(value, true)) {
+                if (value && looks_numeric(value))
+                        parse_error_at(cfg->line,
+                                       "%s: '%s' is not a decimal number (leading zeros and 0x are not accepted)",
+                                       opt->name, value);
+                else
+                        parse_error_at(cfg->line, "invalid floating point value for option '%s'", opt->name);
+                return -1;
+        }
+        errno = 0;
+        v = strtod(value, NULL);
+        if (errno == ERANGE) {
+                parse_error_at(cfg->line, "%s: value %s out of range %g..%g", opt->name, value, k ? k->min : 0,
+                               k ? k->max : 0);
+                return -1;
+        }
+        *(double *) result = v;
+        return 0;
+}
+
 static int validate_key(cfg_t *cfg, cfg_opt_t *opt) {
         const Key *k = key_find(opt->name);
         unsigned n = cfg_opt_size(opt);
@@ -355,6 +443,23 @@ static int key_line(const char *name) {
         return parse.key_line[k - keys] > 0 ? parse.key_line[k - keys] : config_text_find_assignment(parse.text, name);
 }
 
+/* The one place where a default yields to what the file says: a key with def_capped_by that the
+ * file does not write (validate_key saw no line for it) takes the smaller of its default and the
+ * other key, so lowering only max_connections never turns max_per_source's default into an error
+ * the user never wrote, and -T shows the value in force. What the file writes, the default
+ * included, is left as written, for config_check. */
+static void config_apply_defaults(Config *c) {
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                const Key *k = &keys[i];
+                if (!k->def_capped_by || parse.key_line[i] > 0)
+                        continue;
+                unsigned *field = (unsigned *) ((char *) c + k->offset);
+                const Key *o = key_find(k->def_capped_by);
+                unsigned other = *(const unsigned *) ((const char *) c + o->offset);
+                *field = MIN((unsigned) k->def_int, other);
+        }
+}
+
 /* Checks that involve more than one key. */
 static int config_check(const Config *c) {
         if (c->n_listen == 0) {
@@ -363,8 +468,8 @@ static int config_check(const Config *c) {
         }
         if (c->max_per_source > c->max_connections) {
                 int l1 = key_line("max_per_source"), l2 = key_line("max_connections");
-                parse_error_at(MAX(l1, l2), "max_per_source (%u) exceeds max_connections (%u)",
-                               c->max_per_source, c->max_connections);
+                parse_error_at(MAX(l1, l2), "max_per_source (%u) exceeds max_connections (%u%s)",
+                               c->max_per_source, c->max_connections, l2 > 0 ? "" : ", the default");
                 return -EINVAL;
         }
         if (c->group[0] && !c->user[0]) {
@@ -435,10 +540,10 @@ int config_load(const char *path, Config **ret, char **ret_error) {
                 switch (k->type) {
                 case KEY_UINT:
                 case KEY_U64:
-                        opts[i] = (cfg_opt_t) CFG_INT(k->name, k->def_int, CFGF_NONE);
+                        opts[i] = (cfg_opt_t) CFG_INT_CB(k->name, k->def_int, CFGF_NONE, parse_int);
                         break;
                 case KEY_FLOAT:
-                        opts[i] = (cfg_opt_t) CFG_FLOAT(k->name, (double) k->def_int, CFGF_NONE);
+                        opts[i] = (cfg_opt_t) CFG_FLOAT_CB(k->name, (double) k->def_int, CFGF_NONE, parse_float);
                         break;
                 case KEY_BOOL:
                         opts[i] = (cfg_opt_t) CFG_BOOL(k->name, k->def_int ? cfg_true : cfg_false, CFGF_NONE);
@@ -464,7 +569,6 @@ int config_load(const char *path, Config **ret, char **ret_error) {
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
                 cfg_set_validate_func(cfg, keys[i].name, validate_key);
 
-        errno = 0; /* libconfuse checks errno for ERANGE without clearing it */
         r = cfg_parse_buf(cfg, buf);
         if (r == CFG_SUCCESS)
                 r = config_from_cfg(cfg, path, &c);
@@ -476,6 +580,7 @@ int config_load(const char *path, Config **ret, char **ret_error) {
         if (r < 0)
                 goto fail;
 
+        config_apply_defaults(c);
         r = config_check(c);
         if (r < 0)
                 goto fail;

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include "echod/log.h"
-#include "echod/manager-internal.h"
 #include "shared/io.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
@@ -23,15 +22,27 @@
 #define CONTROL_CLIENTS_MAX 8
 #define CONTROL_TIMEOUT_USEC (5 * USEC_PER_SEC)
 #define COMMAND_MAX 64
+#define CONTROL_PAUSE_USEC (100 * USEC_PER_MSEC)
+
+struct Control {
+        sd_event *event;
+        int fd;
+        sd_event_source *source, *pause;
+        ControlReport report;
+        void *userdata;
+        unsigned n_clients;
+        struct ControlClient *clients;
+};
 
 typedef struct ControlClient {
-        Manager *manager;
+        Control *control;
         int fd;
         char command[COMMAND_MAX];
         size_t command_len;
         char *answer;
         size_t answer_len, sent;
         sd_event_source *io, *timer;
+        struct ControlClient *prev, *next;
 } ControlClient;
 
 static socklen_t unix_address(const char *path, struct sockaddr_un *sa) {
@@ -94,7 +105,13 @@ int control_bind(const char *path) {
 }
 
 static void client_free(ControlClient *c) {
-        c->manager->n_control--;
+        c->control->n_clients--;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                c->control->clients = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
         sd_event_source_disable_unref(c->io);
         sd_event_source_disable_unref(c->timer);
         safe_close(c->fd);
@@ -103,21 +120,19 @@ static void client_free(ControlClient *c) {
 }
 
 static int answer(ControlClient *c) {
-        bool json;
-        int r;
+        StatusFormat format;
 
         c->command[strcspn(c->command, "\r\n")] = 0;
         if (streq(c->command, "status"))
-                json = false;
+                format = STATUS_TEXT;
         else if (streq(c->command, "status json"))
-                json = true;
+                format = STATUS_JSON;
         else {
                 c->answer = strdup("error: unknown command (try 'status' or 'status json')\n");
                 c->answer_len = c->answer ? strlen(c->answer) : 0;
                 return c->answer ? 0 : -ENOMEM;
         }
-        r = status_format(c->manager, json, &c->answer, &c->answer_len);
-        return r;
+        return c->control->report(c->control->userdata, format, &c->answer, &c->answer_len);
 }
 
 static int on_client_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
@@ -159,38 +174,74 @@ static int on_client_timeout(sd_event_source *s, uint64_t usec, void *userdata) 
         return 0;
 }
 
+static int on_pause_over(sd_event_source *s, uint64_t usec, void *userdata) {
+        Control *ctl = userdata;
+
+        ctl->pause = sd_event_source_unref(ctl->pause);
+        return sd_event_source_set_enabled(ctl->source, SD_EVENT_ON);
+}
+
 static int on_control_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Manager *m = userdata;
+        Control *ctl = userdata;
         ControlClient *c;
         int cfd, r;
 
         cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (cfd < 0)
+        if (cfd < 0) {
+                /* out of fds: the socket stays readable; pause instead of spinning on it */
+                if (errno != EAGAIN && errno != EINTR && !ctl->pause &&
+                    sd_event_add_time_relative(ctl->event, &ctl->pause, CLOCK_MONOTONIC, CONTROL_PAUSE_USEC, 0,
+                                               on_pause_over, ctl) >= 0)
+                        (void) sd_event_source_set_enabled(ctl->source, SD_EVENT_OFF);
                 return 0;
-        if (m->n_control >= CONTROL_CLIENTS_MAX || !(c = calloc(1, sizeof(ControlClient)))) {
+        }
+        if (ctl->n_clients >= CONTROL_CLIENTS_MAX || !(c = calloc(1, sizeof(ControlClient)))) {
                 close(cfd);
                 return 0;
         }
-        *c = (ControlClient) { .manager = m, .fd = cfd };
-        m->n_control++;
-        r = sd_event_add_io(m->event, &c->io, cfd, EPOLLIN, on_client_io, c);
+        *c = (ControlClient) { .control = ctl, .fd = cfd, .next = ctl->clients };
+        if (ctl->clients)
+                ctl->clients->prev = c;
+        ctl->clients = c;
+        ctl->n_clients++;
+        r = sd_event_add_io(ctl->event, &c->io, cfd, EPOLLIN, on_client_io, c);
         if (r >= 0)
-                r = sd_event_add_time_relative(m->event, &c->timer, CLOCK_MONOTONIC, CONTROL_TIMEOUT_USEC, 0,
+                r = sd_event_add_time_relative(ctl->event, &c->timer, CLOCK_MONOTONIC, CONTROL_TIMEOUT_USEC, 0,
                                                on_client_timeout, c);
         if (r < 0)
                 client_free(c);
         return 0;
 }
 
-int control_attach(Manager *m) {
-        if (m->control_fd < 0)
-                return 0;
-        return sd_event_add_io(m->event, &m->control_source, m->control_fd, EPOLLIN, on_control_accept, m);
+int control_new(sd_event *event, int fd, ControlReport report, void *userdata, Control **ret) {
+        Control *c = calloc(1, sizeof(Control));
+        int r;
+
+        if (!c) {
+                safe_close(fd);
+                return -ENOMEM;
+        }
+        *c = (Control) { .event = sd_event_ref(event), .fd = fd, .report = report, .userdata = userdata };
+        r = sd_event_add_io(event, &c->source, fd, EPOLLIN, on_control_accept, c);
+        if (r < 0) {
+                control_free(c);
+                return r;
+        }
+        *ret = c;
+        return 0;
 }
 
-void control_detach(Manager *m) {
-        m->control_source = sd_event_source_disable_unref(m->control_source);
-        m->control_fd = safe_close(m->control_fd);
+Control *control_free(Control *c) {
+        if (!c)
+                return NULL;
+        while (c->clients)
+                client_free(c->clients);
+        c->source = sd_event_source_disable_unref(c->source);
+        c->pause = sd_event_source_disable_unref(c->pause);
+        c->fd = safe_close(c->fd);
+        sd_event_unref(c->event);
+        free(c);
+        return NULL;
 }
 
 int control_query(const char *path, const char *command, FILE *out) {

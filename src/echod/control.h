@@ -2,6 +2,18 @@
 #pragma once
 
 #include <stdio.h>
+#include <systemd/sd-event.h>
+
+#include "echod/status.h"
+
+/* The server: answers "status" and "status json" with what report() returns (a malloc'd buffer).
+ * Owns its listening fd and its clients; never blocks the loop. */
+typedef int (*ControlReport)(void *userdata, StatusFormat format, char **ret, size_t *ret_len);
+typedef struct Control Control;
+
+/* Takes fd, also on failure. */
+int control_new(sd_event *event, int fd, ControlReport report, void *userdata, Control **ret);
+Control *control_free(Control *c);
 
 /* In main, before privileges are dropped: create the directory if needed, take over a stale
  * socket (nobody answering on it), bind, chmod 0600, listen. Returns the fd, or -EADDRINUSE if

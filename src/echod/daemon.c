@@ -1,13 +1,16 @@
 /* Classic daemonising for non-systemd use: fork, setsid, fork, pidfile, and a readiness pipe.
- * Follows daemon(7) "SysV Daemons"; the pidfile is libbsd's flock'ed pidfile(3). */
+ * Follows daemon(7) "SysV Daemons". The pidfile is flock'ed like libbsd's pidfile(3), but opened
+ * here with O_NOFOLLOW: echod opens it as root, and pidfile(3) would follow a symlink planted at
+ * the path and overwrite whatever it points to. */
 #include "echod/daemon.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libutil.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
@@ -17,7 +20,8 @@
 #include "shared/io.h"
 #include "shared/macro.h"
 
-static struct pidfh *pidfh;
+static int pidfile_fd = -1;
+static char *pidfile_path;
 static int ready_fd = -1;
 
 /* The starting process: wait for "READY" or error text, then exit. */
@@ -53,13 +57,35 @@ void daemon_close_inherited_fds(void) {
 }
 
 int daemon_lock_pidfile(const char *pidfile) {
-        pid_t otherpid;
+        _cleanup_(closep) int fd = -1;
+        struct stat st;
 
         if (!pidfile || !pidfile[0])
                 return 0;
-        pidfh = pidfile_open(pidfile, 0644, &otherpid);
-        if (!pidfh)
-                return errno == EEXIST ? -EEXIST : negative_errno();
+        /* never truncate here: a locked file is another echod's, and its pid must stay */
+        fd = open(pidfile, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0644);
+        if (fd < 0) {
+                int r = negative_errno();
+                if (r == -ELOOP && lstat(pidfile, &st) == 0 && S_ISLNK(st.st_mode))
+                        log_error("%s is a symbolic link: refusing to follow it (the pidfile must be a regular file)",
+                                  pidfile);
+                return r;
+        }
+        if (fstat(fd, &st) < 0)
+                return negative_errno();
+        if (!S_ISREG(st.st_mode)) {
+                log_error("%s is not a regular file: refusing to use it as the pidfile", pidfile);
+                return -EINVAL;
+        }
+        if (st.st_nlink > 1) { /* a hard link to some other file: writing would change that one */
+                log_error("%s has %ju hard links: refusing to use it as the pidfile", pidfile, (uintmax_t) st.st_nlink);
+                return -EMLINK;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+                return errno == EWOULDBLOCK ? -EEXIST : negative_errno();
+        if (!(pidfile_path = strdup(pidfile)))
+                return -ENOMEM;
+        pidfile_fd = TAKE_FD(fd);
         return 0;
 }
 
@@ -104,7 +130,13 @@ int daemonize(void) {
 }
 
 int daemon_write_pidfile(void) {
-        if (pidfh && pidfile_write(pidfh) < 0)
+        char buf[32];
+        int n;
+
+        if (pidfile_fd < 0)
+                return 0;
+        n = snprintf(buf, sizeof(buf), "%d\n", (int) getpid());
+        if (ftruncate(pidfile_fd, 0) < 0 || pwrite(pidfile_fd, buf, (size_t) n, 0) != n)
                 return negative_errno();
         return 0;
 }
@@ -118,12 +150,15 @@ void daemon_ready(void) {
 }
 
 void daemon_remove_pidfile(void) {
-        if (!pidfh)
+        struct stat a, b;
+
+        if (pidfile_fd < 0)
                 return;
         /* after dropping root the directory may not let us unlink: leave an empty file then */
-        int fd = pidfile_fileno(pidfh);
-        if (fd >= 0)
-                (void) ftruncate(fd, 0);
-        (void) pidfile_remove(pidfh);
-        pidfh = NULL;
+        (void) ftruncate(pidfile_fd, 0);
+        /* unlink only the file we locked, not whatever now has its name */
+        if (fstat(pidfile_fd, &a) == 0 && lstat(pidfile_path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+                (void) unlink(pidfile_path);
+        pidfile_fd = safe_close(pidfile_fd);
+        pidfile_path = mfree(pidfile_path);
 }

@@ -10,7 +10,9 @@ void daemon_close_inherited_fds(void);
 
 /* Before binding: create and flock the pidfile, so that a second instance is told the first
  * runs rather than that its port is busy. pidfile may be NULL or "" for none; -EEXIST if
- * another instance holds it. The lock is inherited by the daemon. */
+ * another instance holds it. A symlink at the path (-ELOOP), anything but a regular file
+ * (-EINVAL) or a file with more than one link (-EMLINK) is refused, with the reason logged.
+ * The lock is inherited by the daemon. */
 int daemon_lock_pidfile(const char *pidfile);
 
 /* Detach. Returns only in the daemon (0) or on failure before forking (-errno). The starting

@@ -109,51 +109,84 @@ int listeners_adopt(Listener ***ret, unsigned *ret_rejected) {
         return (int) n_ok;
 }
 
-int listeners_update(Listener **old, unsigned n_old, const ListenAddr *addrs, unsigned n, unsigned backlog,
-                     Listener ***ret, IpAddr *ret_failed) {
-        Listener **list = calloc(n ? n : 1, sizeof(Listener *));
-        int *moved_from = calloc(n ? n : 1, sizeof(int));
+int listeners_prepare(Listener *const *old, unsigned n_old, const ListenAddr *addrs, unsigned n, unsigned backlog,
+                      ListenerPlan *ret) {
+        ListenerPlan p = { .n = n, .backlog = backlog };
         int r = 0;
 
-        if (!list || !moved_from) {
-                free(list);
-                free(moved_from);
+        p.list = calloc(n ? n : 1, sizeof(Listener *));
+        p.proxy = calloc(n ? n : 1, sizeof(bool));
+        p.fresh = calloc(n ? n : 1, sizeof(bool));
+        if (!p.list || !p.proxy || !p.fresh) {
+                listeners_abort(&p);
                 return -ENOMEM;
         }
         for (unsigned i = 0; i < n; i++) {
-                moved_from[i] = -1;
-                for (unsigned j = 0; j < n_old; j++)
-                        if (old[j] && !old[j]->activated && ipaddr_equal(&old[j]->configured, &addrs[i].addr)) {
-                                list[i] = old[j];
-                                moved_from[i] = (int) j;
-                                old[j] = NULL;
-                                break;
-                        }
-                if (!list[i]) {
-                        r = listener_bind(&addrs[i].addr, backlog, &list[i]);
-                        if (r < 0) {
-                                *ret_failed = addrs[i].addr;
-                                break;
-                        }
+                p.proxy[i] = addrs[i].proxy;
+                for (unsigned j = 0; j < n_old && !p.list[i]; j++)
+                        if (!old[j]->activated && ipaddr_equal(&old[j]->configured, &addrs[i].addr))
+                                p.list[i] = old[j];
+                if (p.list[i])
+                        continue;
+                r = listener_bind(&addrs[i].addr, backlog, &p.list[i]);
+                if (r < 0) {
+                        ret->failed = addrs[i].addr;
+                        listeners_abort(&p);
+                        return r;
                 }
-                list[i]->proxy = addrs[i].proxy;
+                p.fresh[i] = true;
         }
-        if (r < 0) {
-                /* roll back: moved ones go home, fresh ones close */
-                for (unsigned i = 0; i < n; i++) {
-                        if (moved_from[i] >= 0)
-                                old[moved_from[i]] = list[i];
-                        else
-                                listener_free(list[i]);
-                }
-                free(list);
-                free(moved_from);
-                return r;
-        }
-        for (unsigned i = 0; i < n; i++)
-                if (moved_from[i] >= 0)
-                        (void) listen(list[i]->fd, (int) backlog); /* applies a new backlog in place */
-        free(moved_from);
-        *ret = list;
+        p.failed = (IpAddr) { 0 };
+        *ret = p;
         return 0;
+}
+
+int listeners_prepare_activated(Listener *const *old, unsigned n_old, bool proxy, ListenerPlan *ret) {
+        ListenerPlan p = { .n = n_old };
+
+        p.list = calloc(n_old ? n_old : 1, sizeof(Listener *));
+        p.proxy = calloc(n_old ? n_old : 1, sizeof(bool));
+        p.fresh = calloc(n_old ? n_old : 1, sizeof(bool));
+        if (!p.list || !p.proxy || !p.fresh) {
+                listeners_abort(&p);
+                return -ENOMEM;
+        }
+        for (unsigned i = 0; i < n_old; i++) {
+                p.list[i] = old[i];
+                p.proxy[i] = proxy;
+        }
+        *ret = p;
+        return 0;
+}
+
+void listeners_abort(ListenerPlan *p) {
+        for (unsigned i = 0; i < p->n && p->list; i++)
+                if (p->fresh && p->fresh[i])
+                        listener_free(p->list[i]);
+        free(p->list);
+        free(p->proxy);
+        free(p->fresh);
+        *p = (ListenerPlan) { 0 };
+}
+
+Listener **listeners_commit(Listener **old, unsigned n_old, ListenerPlan *p) {
+        Listener **list = p->list;
+
+        for (unsigned j = 0; j < n_old; j++) {
+                bool kept = false;
+                for (unsigned i = 0; i < p->n && !kept; i++)
+                        kept = list[i] == old[j];
+                if (!kept)
+                        listener_free(old[j]);
+        }
+        for (unsigned i = 0; i < p->n; i++) {
+                list[i]->proxy = p->proxy[i];
+                if (!p->fresh[i] && !list[i]->activated && p->backlog > 0)
+                        (void) listen(list[i]->fd, (int) p->backlog); /* a new backlog, in place */
+        }
+        free(old);
+        free(p->proxy);
+        free(p->fresh);
+        *p = (ListenerPlan) { 0 };
+        return list;
 }

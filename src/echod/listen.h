@@ -26,9 +26,25 @@ int listener_bind(const IpAddr *addr, unsigned backlog, Listener **ret);
  * *ret_rejected. Returns the number adopted (0 if not activated) or -errno. */
 int listeners_adopt(Listener ***ret, unsigned *ret_rejected);
 
-/* Build the listener set for addrs: listeners in *old whose configured address is in addrs are
- * moved over (and get the new backlog), the rest are bound fresh. On failure nothing changes:
- * fresh sockets are closed, *old is untouched, and *ret_failed names the address that failed.
- * On success *old holds only what is to be closed (moved entries become NULL). */
-int listeners_update(Listener **old, unsigned n_old, const ListenAddr *addrs, unsigned n, unsigned backlog,
-                     Listener ***ret, IpAddr *ret_failed);
+/* A reload's listener set, built before anything changes: listeners in old whose configured
+ * address is asked for again are kept (referenced, untouched), the rest are bound fresh. The PROXY
+ * requirement and backlog of kept ones change only at commit. */
+typedef struct ListenerPlan {
+        Listener **list; /* the new set, in addrs order */
+        bool *proxy;     /* each one's PROXY requirement from the commit on */
+        bool *fresh;     /* bound for this plan: closed again by an abort */
+        unsigned n;
+        unsigned backlog; /* 0: leave the backlog of kept ones alone */
+        IpAddr failed;    /* on failure: the address that could not be bound */
+} ListenerPlan;
+
+/* Returns 0, or -errno with ret->failed naming the address; nothing is bound then. */
+int listeners_prepare(Listener *const *old, unsigned n_old, const ListenAddr *addrs, unsigned n, unsigned backlog,
+                      ListenerPlan *ret);
+/* Socket-activated: the same sockets; only the PROXY requirement can change. */
+int listeners_prepare_activated(Listener *const *old, unsigned n_old, bool proxy, ListenerPlan *ret);
+/* Cannot fail: apply the plan, close the old listeners it does not keep, free the old array.
+ * Returns the new array (p->n entries); the plan is spent. */
+Listener **listeners_commit(Listener **old, unsigned n_old, ListenerPlan *p);
+/* Close what the plan bound fresh; the old set was never touched. */
+void listeners_abort(ListenerPlan *p);

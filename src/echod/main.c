@@ -15,6 +15,7 @@
 #include "echod/log.h"
 #include "echod/manager.h"
 #include "echod/privs.h"
+#include "echod/spawner.h"
 #include "shared/macro.h"
 
 /* Exit codes (LSB-ish, as systemd and sysadmins read them). */
@@ -106,13 +107,14 @@ static int parse_argv(int argc, char *argv[]) {
 static int bind_listeners(const Config *c, Listener ***ret, unsigned *ret_n) {
         ListenAddr addrs[2 * CONFIG_MAX_LISTEN];
         unsigned n = config_listen_addresses(c, addrs, ELEMENTSOF(addrs));
-        IpAddr failed = { 0 };
+        ListenerPlan plan = { 0 };
         char a[IPADDR_STR_MAX];
         int r;
 
-        r = listeners_update(NULL, 0, addrs, n, c->backlog, ret, &failed);
+        r = listeners_prepare(NULL, 0, addrs, n, c->backlog, &plan);
         if (r < 0)
-                return log_error_errno(r, "Failed to listen on %s", ipaddr_format_endpoint(&failed, a));
+                return log_error_errno(r, "Failed to listen on %s", ipaddr_format_endpoint(&plan.failed, a));
+        *ret = listeners_commit(NULL, 0, &plan);
         *ret_n = n;
         return 0;
 }
@@ -174,7 +176,7 @@ int main(int argc, char *argv[], char *envp[]) {
         int control_fd = -1, r;
 
         setproctitle_init(argc, argv, envp);
-        spawner_locate(argv[0]);
+        spawner_locate(argv[0]); /* before daemonising moves us to / */
         reset_signals();
         if (parse_argv(argc, argv) < 0)
                 return EXIT_USAGE;
@@ -267,7 +269,6 @@ int main(int argc, char *argv[], char *envp[]) {
         control_fd = -1;
         config = NULL;
         n_listeners = 0;
-        free(listeners);
         listeners = NULL;
         if (r < 0) {
                 log_error_errno(r, "Failed to set up");

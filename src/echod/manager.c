@@ -1,8 +1,10 @@
-/* The master: sd-event loop, signals, reaping, reload, stop, and STATUS=.
+/* The master: the event loop, signals, reaping, reload (prepare, then commit), stop, STATUS=.
  *
- * Signals are blocked and handled as sd-event sources (signalfd), never in handlers. Children are
- * reaped from one SIGCHLD source with a waitpid(-1, WNOHANG) loop. What happens between accept()
- * and fork() is in accept.c. */
+ * Owns the modules and wires their callbacks: accept (admission) → children (accounting) →
+ * spawner (processes). Connection records are logged here, from what children returns. Signals
+ * are handled as sd-event sources (signalfd), never in handlers. After every event batch a post
+ * source gives freed slots to the wait queue, ends a finished drain, and, in an invariants
+ * build, checks every module's invariants. */
 #include "echod/manager.h"
 
 #include <errno.h>
@@ -17,40 +19,238 @@
 #include <unistd.h>
 
 #include "build-config.h"
+#include "echod/accept.h"
+#include "echod/children.h"
+#include "echod/control.h"
 #include "echod/log.h"
-#include "echod/manager-internal.h"
 #include "echod/notify.h"
-#include "echod/worker.h"
+#include "echod/sandbox.h"
+#include "echod/spawn-proto.h"
+#include "echod/spawner.h"
+#include "echod/status.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
 #define STATUS_INTERVAL_USEC USEC_PER_SEC
-#define MAX_LISTENERS (2 * CONFIG_MAX_LISTEN)
+/* exits reaped in one SIGCHLD batch before their spawner's death told us whose they were */
+#define UNKNOWN_EXITS_MAX 256
 
-uint64_t refused_total(const Counters *c) {
-        uint64_t n = 0;
-        for (int i = 1; i < _REFUSE_MAX; i++)
-                n += c->refused[i];
-        return n;
+struct Manager {
+        sd_event *event;
+        Config *config;
+        Sandbox *sandbox;
+        Children *children;
+        Accept *accept;
+        Spawner *spawner;
+        Control *control;
+        sd_event_source *post, *status_timer, *watchdog_timer, *shutdown_timer;
+        uint64_t watchdog_usec;
+        bool stopping, run_queue;
+        unsigned ceiling; /* max_connections, or more while a reload's lower limit drains */
+        int stop_signal; /* what live connections were last sent: SIGTERM, then SIGKILL */
+        char last_status[512];
+        uint64_t started_realtime, started_monotonic, loaded_realtime;
+        unsigned reloads;
+        struct {
+                pid_t pid;
+                int status;
+        } unknown[UNKNOWN_EXITS_MAX];
+        unsigned n_unknown;
+};
+
+/* --- connection records ---------------------------------------------------------------------- */
+
+static void log_record(Manager *m, const ChildRecord *rec) {
+        if (!m->config->log_connections && !rec->failure)
+                return;
+        log_connection(&(ConnectionRecord) {
+                .peer = rec->child.peer,
+                .via = rec->child.via,
+                .proxied = rec->child.proxied,
+                .local = rec->child.local,
+                .pid = rec->pid,
+                .duration_usec = rec->duration_usec,
+                .bytes_in = rec->bytes_in,
+                .bytes_out = rec->bytes_out,
+                .reason = rec->reason,
+                .failure = rec->failure,
+        });
 }
 
+static void child_exited(Manager *m, pid_t pid, int status) {
+        ChildRecord rec;
+
+        if (children_exited(m->children, pid, status, now_usec(), &rec) < 0) {
+                /* not (yet) known: an orphan of a spawner whose death is still to be read */
+                if (m->n_unknown < UNKNOWN_EXITS_MAX)
+                        m->unknown[m->n_unknown++] = (typeof(m->unknown[0])) { pid, status };
+                return;
+        }
+        m->run_queue = true;
+        log_record(m, &rec);
+}
+
+static void child_failed(Manager *m, int slot, int error) {
+        ChildRecord rec;
+
+        if (children_failed(m->children, slot, error, now_usec(), &rec) < 0)
+                return;
+        m->run_queue = true;
+        if (error != -ECANCELED)
+                accept_note_refusal(m->accept, REFUSE_FORK, &rec.child, NULL, error);
+}
+
+/* --- accept's callback --------------------------------------------------------------------------- */
+
+static int on_admit(void *userdata, int fd, const Child *info) {
+        Manager *m = userdata;
+        const Config *c = m->config;
+        WorkerParams params = {
+                .idle_timeout = c->idle_timeout,
+                .stall_timeout = c->stall_timeout,
+                .max_session = c->max_session,
+                .max_bytes = c->max_bytes,
+        };
+        char title[SPAWN_TITLE_MAX], peer[IPADDR_STR_MAX];
+        int slot = children_admit(m->children, info, now_usec());
+
+        if (slot < 0)
+                return slot;
+        snprintf(title, sizeof(title), "echod: %s", ipaddr_format_endpoint(&info->peer, peer));
+        spawner_handoff(m->spawner, fd, slot, &params, title);
+        return 0;
+}
+
+/* --- the spawner's callbacks ------------------------------------------------------------------- */
+
+static void on_started(void *userdata, int slot, pid_t pid, unsigned spawner) {
+        Manager *m = userdata;
+
+        if (children_started(m->children, slot, pid, spawner) < 0)
+                /* a pid that is already someone's: the spawner is not what we started */
+                child_failed(m, slot, -EBADMSG);
+}
+
+static void on_failed(void *userdata, int slot, int error) {
+        child_failed(userdata, slot, error);
+}
+
+static void on_exited(void *userdata, pid_t pid, int status) {
+        child_exited(userdata, pid, status);
+}
+
+/* A process of ours that the dead spawner forked: whether it lives, exited (reaped by us in this
+ * batch, or just now), or was never ours. */
+static int resolve(Manager *m, pid_t pid, int *ret_status) {
+        for (unsigned i = 0; i < m->n_unknown; i++)
+                if (m->unknown[i].pid == pid) {
+                        *ret_status = m->unknown[i].status;
+                        m->unknown[i] = m->unknown[--m->n_unknown];
+                        return 1;
+                }
+        pid_t r = waitpid(pid, ret_status, WNOHANG);
+        return r == pid ? 1 : r == 0 ? 0 : -ECHILD;
+}
+
+static void on_lost(void *userdata, int slot, unsigned spawner) {
+        Manager *m = userdata;
+        pid_t pid = children_pending_pid(m->children, slot);
+        int status, r;
+
+        /* the pid it wrote after fork() is a hint: it counts only if that process is our child */
+        if (pid <= 0 || (r = resolve(m, pid, &status)) < 0 ||
+            children_started(m->children, slot, pid, spawner) < 0) {
+                child_failed(m, slot, -ECHILD);
+                return;
+        }
+        (void) children_adopt(m->children, spawner);
+        if (r > 0)
+                child_exited(m, pid, status);
+        else if (m->stopping)
+                (void) kill(pid, m->stop_signal);
+}
+
+static void on_gone(void *userdata, unsigned spawner, pid_t pid, int status, bool retired) {
+        Manager *m = userdata;
+        unsigned adopted = children_adopt(m->children, spawner);
+        size_t pos = 0;
+        const Child *c;
+
+        /* its children are ours now; one it reaped but never reported is gone without a word */
+        while ((c = children_next(m->children, &pos, NULL))) {
+                int st;
+                if (c->spawner != spawner || c->pid <= 0)
+                        continue;
+                pid_t p = c->pid;
+                int r = resolve(m, p, &st);
+                if (r != 0) {
+                        child_exited(m, p, r > 0 ? st : W_EXITCODE(255, 0));
+                        adopted--;
+                } else if (m->stopping)
+                        (void) kill(p, m->stop_signal);
+        }
+        if (retired)
+                log_info("echod-spawner (pid %d) retired; its %u connections continue", (int) pid, adopted);
+        else if (WIFSIGNALED(status)) {
+                const char *sig = sigabbrev_np(WTERMSIG(status));
+                log_error("echod-spawner (pid %d) was killed by SIG%s; its %u connections continue", (int) pid,
+                          sig ? sig : "?", adopted);
+        } else
+                log_error("echod-spawner (pid %d) exited with status %d%s; its %u connections continue", (int) pid,
+                          WEXITSTATUS(status),
+                          WEXITSTATUS(status) == SPAWN_EXIT_SANDBOX ? " (it could not enter the sandbox)" : "",
+                          adopted);
+}
+
+static void on_restarted(void *userdata, pid_t pid, int error) {
+        Manager *m = userdata;
+
+        if (error < 0)
+                log_error_errno(error, "Failed to start %s, retrying in 1 s", spawner_path());
+        else
+                log_notice("started a new echod-spawner (pid %d, sandbox %s)", (int) pid,
+                           m->config->sandbox ? "on" : "off");
+}
+
+/* --- reaping --------------------------------------------------------------------------------- */
+
+static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+        int status;
+        pid_t pid;
+
+        /* first what the spawners reported, so every STARTED is known before its process's end */
+        (void) spawner_dispatch(m->spawner);
+        /* ours: the spawners, and the orphans of one that died (we are their subreaper) */
+        m->n_unknown = 0;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+                if (!spawner_reaped(m->spawner, pid, status))
+                        child_exited(m, pid, status);
+        m->n_unknown = 0;
+        return 0;
+}
+
+/* --- STATUS= and the watchdog ---------------------------------------------------------------- */
+
 static void format_status(Manager *m, char *buf, size_t size) {
-        const Counters *c = &m->counters;
+        const uint64_t *refused = refusals_counts(accept_refusals(m->accept));
+        const ChildCounters *c = children_counters(m->children);
+        unsigned n_listeners;
+        Listener *const *l = accept_listeners(m->accept, &n_listeners);
         int n = snprintf(buf, size,
                          "%u active (peak %u), %u queued, %llu accepted, %llu refused (capacity %llu, "
                          "per-source %llu, rate %llu, per-source-rate %llu, acl %llu, proxy %llu, fork %llu), "
                          "%llu crashed; listening on",
-                         child_table_active(m->children), c->peak, m->queue.n, (unsigned long long) c->accepted,
-                         (unsigned long long) refused_total(c), (unsigned long long) c->refused[REFUSE_CAPACITY],
-                         (unsigned long long) c->refused[REFUSE_PER_SOURCE],
-                         (unsigned long long) c->refused[REFUSE_RATE],
-                         (unsigned long long) c->refused[REFUSE_PER_SOURCE_RATE],
-                         (unsigned long long) c->refused[REFUSE_ACL], (unsigned long long) c->refused[REFUSE_PROXY],
-                         (unsigned long long) c->refused[REFUSE_FORK], (unsigned long long) c->crashed);
-        for (unsigned i = 0; i < m->n_listeners && n > 0 && (size_t) n < size; i++) {
+                         children_active(m->children), c->peak, accept_queued(m->accept),
+                         (unsigned long long) c->accepted,
+                         (unsigned long long) refusals_total(accept_refusals(m->accept)),
+                         (unsigned long long) refused[REFUSE_CAPACITY], (unsigned long long) refused[REFUSE_PER_SOURCE],
+                         (unsigned long long) refused[REFUSE_RATE], (unsigned long long) refused[REFUSE_PER_SOURCE_RATE],
+                         (unsigned long long) refused[REFUSE_ACL], (unsigned long long) refused[REFUSE_PROXY],
+                         (unsigned long long) refused[REFUSE_FORK], (unsigned long long) c->crashed);
+        for (unsigned i = 0; i < n_listeners && n > 0 && (size_t) n < size; i++) {
                 char a[IPADDR_STR_MAX];
-                n += snprintf(buf + n, size - (size_t) n, " %s",
-                              ipaddr_format_endpoint(&m->listeners[i]->bound, a));
+                n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&l[i]->bound, a));
         }
 }
 
@@ -63,8 +263,7 @@ static void update_status(Manager *m, bool force) {
         memcpy(m->last_status, status, sizeof(status));
         notify_status(status);
         /* what ps(1) shows, as sshd does: "echod: master [3 of 512 connections]" */
-        setproctitle("master [%u of %u connections]", child_table_active(m->children),
-                     m->config->max_connections);
+        setproctitle("master [%u of %u connections]", children_active(m->children), m->config->max_connections);
 }
 
 static int on_watchdog_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -75,300 +274,276 @@ static int on_watchdog_timer(sd_event_source *s, uint64_t usec, void *userdata) 
 }
 
 static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-
-        update_status(m, false);
+        update_status(userdata, false);
         return sd_event_source_set_time(s, usec + STATUS_INTERVAL_USEC);
 }
 
-void manager_update_listeners(Manager *m) {
-        bool on = !m->stopping && !m->backoff_timer && !m->queue_full;
+/* --- status ---------------------------------------------------------------------------------- */
 
-        for (unsigned i = 0; i < m->n_listeners; i++)
-                (void) sd_event_source_set_enabled(m->listeners[i]->source, on ? SD_EVENT_ON : SD_EVENT_OFF);
-}
-
-static int attach_listeners(Manager *m) {
-        for (unsigned i = 0; i < m->n_listeners; i++) {
-                Listener *l = m->listeners[i];
-                if (l->source)
-                        continue;
-                int r = sd_event_add_io(m->event, &l->source, l->fd, EPOLLIN, on_accept, m);
-                if (r < 0)
-                        return r;
-        }
-        manager_update_listeners(m); /* new ones may have to start paused */
-        return 0;
-}
-
-static void log_listeners(Manager *m) {
-        for (unsigned i = 0; i < m->n_listeners; i++) {
-                char a[IPADDR_STR_MAX];
-                log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on %s%s%s",
-                         ipaddr_format_endpoint(&m->listeners[i]->bound, a),
-                         m->listeners[i]->activated ? " (socket-activated)" : "",
-                         m->listeners[i]->proxy ? " (PROXY protocol)" : "");
-        }
-}
-
-/* --- reaping ------------------------------------------------------------------------------- */
-
-void record_exit(Manager *m, pid_t pid, int status) {
-        char reason[64];
-        uint64_t in, out;
-        Child c;
-        bool failure;
-
-        if (child_table_release(m->children, pid, &c, &in, &out) < 0)
-                return; /* not ours */
-        source_table_remove(m->sources, &c.source);
-        m->counters.bytes_in += in;
-        m->counters.bytes_out += out;
-
-        if (WIFEXITED(status)) {
-                int code = WEXITSTATUS(status);
-                snprintf(reason, sizeof(reason), "%s", worker_exit_reason(code));
-                failure = code == WORKER_SETUP_FAILED || code == WORKER_IO_ERROR || code >= _WORKER_EXIT_MAX;
-                if (code == WORKER_SETUP_FAILED)
-                        m->counters.crashed++;
-        } else {
-                int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-                const char *name = sigabbrev_np(sig);
-                snprintf(reason, sizeof(reason), "killed-by-SIG%s", name ? name : "?");
-                failure = true;
-                m->counters.crashed++;
-        }
-        if (m->config->log_connections || failure)
-                log_connection(&(ConnectionRecord) {
-                        .peer = c.peer,
-                        .via = c.via,
-                        .proxied = c.proxied,
-                        .local = c.local,
-                        .pid = pid,
-                        .duration_usec = now_usec() - c.start_usec,
-                        .bytes_in = in,
-                        .bytes_out = out,
-                        .reason = reason,
-                        .failure = failure,
-                });
-}
-
-unsigned reap_children(Manager *m) {
-        unsigned n = spawner_read_events(m);
-        int status;
-        pid_t pid;
-
-        /* ours: the spawner, and its orphans if it died (we are their subreaper) */
-        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-                if (!spawner_reaped(m, pid, status)) {
-                        record_exit(m, pid, status);
-                        n++;
-                }
-        if (n > 0)
-                accept_slots_freed(m);
-        return n;
-}
-
-void children_gone(Manager *m) {
-        accept_slots_freed(m);
-        if (m->stopping && child_table_active(m->children) == 0)
-                (void) sd_event_exit(m->event, 0);
-}
-
-static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+static int report(void *userdata, StatusFormat format, char **ret, size_t *ret_len) {
         Manager *m = userdata;
+        StatusSources src = {
+                .config = m->config,
+                .children = m->children,
+                .accept = m->accept,
+                .spawner = m->spawner,
+                .started_realtime = m->started_realtime,
+                .started_monotonic = m->started_monotonic,
+                .loaded_realtime = m->loaded_realtime,
+                .reloads = m->reloads,
+        };
+        return status_report(&src, format, UINT32_MAX, ret, ret_len);
+}
 
-        reap_children(m);
-        if (m->stopping && child_table_active(m->children) == 0)
-                return sd_event_exit(m->event, 0);
+/* SIGUSR1: the full status into the log (xinetd's habit, without its dump file). */
+static int on_status_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+        _cleanup_(freep) char *text = NULL;
+        StatusSources src = {
+                .config = m->config,
+                .children = m->children,
+                .accept = m->accept,
+                .spawner = m->spawner,
+                .started_realtime = m->started_realtime,
+                .started_monotonic = m->started_monotonic,
+                .loaded_realtime = m->loaded_realtime,
+                .reloads = m->reloads,
+        };
+        size_t len;
+
+        if (status_report(&src, STATUS_TEXT, 50, &text, &len) < 0)
+                return 0;
+        for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+                nl = strchr(line, '\n');
+                if (nl)
+                        *nl = 0;
+                if (*line)
+                        log_info("status: %s", line);
+        }
         return 0;
 }
 
-/* --- stop ---------------------------------------------------------------------------------- */
+/* --- stop ------------------------------------------------------------------------------------ */
+
+/* Every live connection gets sig: through its spawner, or directly if it is ours (adopted: we
+ * reap it, so its pid cannot have been reused). */
+static void signal_children(Manager *m, int sig) {
+        size_t pos = 0;
+        const Child *c;
+
+        m->stop_signal = sig;
+        spawner_signal(m->spawner, sig);
+        while ((c = children_next(m->children, &pos, NULL)))
+                if (c->adopted && c->pid > 0)
+                        (void) kill(c->pid, sig);
+}
 
 static int on_shutdown_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
 
         log_warning("shutdown_timeout (%u s) reached, killing %u remaining connections",
-                    m->config->shutdown_timeout, child_table_active(m->children));
-        spawner_signal(m, SIGKILL);
+                    m->config->shutdown_timeout, children_active(m->children));
+        signal_children(m, SIGKILL);
         return 0;
-}
-
-static void close_listeners(Manager *m) {
-        for (unsigned i = 0; i < m->n_listeners; i++)
-                listener_free(m->listeners[i]);
-        m->n_listeners = 0;
 }
 
 static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
-        unsigned active = child_table_active(m->children);
+        const char *name = sigabbrev_np((int) si->ssi_signo);
         char status[128];
+        int r;
 
         if (m->stopping)
                 return 0;
         m->stopping = true;
+        /* armed first: whatever follows, the stop has its deadline */
+        r = sd_event_add_time_relative(m->event, &m->shutdown_timer, CLOCK_MONOTONIC,
+                                       (uint64_t) m->config->shutdown_timeout * USEC_PER_SEC, 0, on_shutdown_timeout,
+                                       m);
+        if (r < 0)
+                log_warning_errno(r, "Failed to arm the shutdown timer");
+        unsigned dropped = accept_stop(m->accept);
+        dropped += spawner_drop_queue(m->spawner);
+        m->control = control_free(m->control);
+        unsigned active = children_active(m->children);
         snprintf(status, sizeof(status), "stopping: draining %u connections", active);
         notify_stopping(status);
-        log_info("received SIG%s, stopping: closing listeners, draining %u connections",
-                 sigabbrev_np((int) si->ssi_signo) ? sigabbrev_np((int) si->ssi_signo) : "?", active);
-        close_listeners(m);
-        control_detach(m);
-        unsigned dropped = accept_drop_pending(m);
+        log_info("received SIG%s, stopping: closing listeners, draining %u connections", name ? name : "?", active);
         if (dropped > 0)
-                log_info("closed %u connections that were waiting for a PROXY header or a free slot", dropped);
-        if (active == 0)
-                return sd_event_exit(m->event, 0);
-
-        spawner_signal(m, SIGTERM);
-        return sd_event_add_time_relative(m->event, &m->shutdown_timer, CLOCK_MONOTONIC,
-                                          (uint64_t) m->config->shutdown_timeout * USEC_PER_SEC, 0,
-                                          on_shutdown_timeout, m);
-}
-
-/* --- status ---------------------------------------------------------------------------------- */
-
-/* SIGUSR1: the full status into the log (xinetd's habit, without its dump file). */
-static int on_status_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
-        status_log(userdata);
+                log_info("closed %u connections that were waiting for a PROXY header, a free slot or a spawner",
+                         dropped);
+        signal_children(m, SIGTERM);
         return 0;
 }
 
-/* --- reload -------------------------------------------------------------------------------- */
+/* --- reload ---------------------------------------------------------------------------------- */
 
-static int apply_listeners(Manager *m, const Config *c) {
-        ListenAddr addrs[MAX_LISTENERS];
-        IpAddr failed = { 0 };
-        Listener **list = NULL;
-        char a[IPADDR_STR_MAX];
-        unsigned n;
-        int r;
-
-        if (m->activated) {
-                /* systemd owns the sockets; only the PROXY requirement can change */
-                for (unsigned i = 0; i < m->n_listeners; i++)
-                        m->listeners[i]->proxy = c->proxy_protocol;
-                return 0;
-        }
-        n = config_listen_addresses(c, addrs, ELEMENTSOF(addrs));
-        r = listeners_update(m->listeners, m->n_listeners, addrs, n, c->backlog, &list, &failed);
-        if (r < 0)
-                return log_full(LOG_ERR, r, MESSAGE_ID_RELOAD_FAILED,
-                                "Failed to reload %s, keeping the old configuration: cannot listen on %s",
-                                c->path, ipaddr_format_endpoint(&failed, a));
-        for (unsigned i = 0; i < m->n_listeners; i++)
-                if (m->listeners[i]) {
-                        log_info("no longer listening on %s",
-                                 ipaddr_format_endpoint(&m->listeners[i]->bound, a));
-                        listener_free(m->listeners[i]);
-                }
-        free(m->listeners);
-        m->listeners = list;
-        m->n_listeners = n;
-        for (unsigned i = 0; i < n; i++)
-                if (!list[i]->source) /* freshly bound: kept ones already have their source */
-                        log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on %s",
-                                 ipaddr_format_endpoint(&list[i]->bound, a));
-        r = attach_listeners(m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to watch listeners");
-        return 0;
-}
-
-static bool grouping_changed(const Config *a, const Config *b) {
-        return a->source_prefix_v4 != b->source_prefix_v4 || a->source_prefix_v6 != b->source_prefix_v6;
-}
-
-/* Re-key the per-source counts of live children under the new prefix lengths. */
-static void regroup_sources(Manager *m) {
-        AdmitLimits limits = manager_limits(m);
-        size_t pos = 0;
-        const Child *c;
-
-        source_table_clear(m->sources);
-        while ((c = child_table_next(m->children, &pos))) {
-                Child *mc = (Child *) c;
-                admit_source_key(&c->peer, &limits, &mc->source);
-                (void) source_table_add(m->sources, &mc->source);
-        }
-        for (Conn *q = m->queue.head; q; q = q->next) {
-                admit_source_key(&q->peer, &limits, &q->source);
-                q->counted = source_table_add(m->sources, &q->source) >= 0;
-        }
+static void reload_failed(const char *what) {
+        log_full(LOG_ERR, 0, MESSAGE_ID_RELOAD_FAILED, "Failed to reload, keeping the old configuration: %s", what);
 }
 
 static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
         _cleanup_(freep) char *error = NULL;
-        Config *c = NULL;
+        _cleanup_(config_freep) Config *c = NULL;
+        AcceptPlan *plan = NULL;
+        Sandbox *sandbox = NULL;
+        SpawnerProc *proc = NULL;
+        AcceptChanges changes;
+        char a[IPADDR_STR_MAX];
         int r;
 
         if (m->stopping)
                 return 0;
         notify_reloading();
+
+        /* prepare: everything the new configuration needs, built beside what runs */
         r = config_load(m->config->path, &c, &error);
-        if (r < 0)
-                log_full(LOG_ERR, 0, MESSAGE_ID_RELOAD_FAILED, "Failed to reload, keeping the old configuration: %s",
-                         error ? error : strerror(-r));
-        else if (apply_listeners(m, c) < 0)
-                c = config_free(c);
-        else {
-                bool regroup = grouping_changed(m->config, c);
-                Config *old = m->config;
-                m->config = c;
-                if (regroup)
-                        regroup_sources(m);
-                r = accept_apply_config(m, old);
-                if (r < 0)
-                        log_error_errno(r, "Failed to apply access lists and rates");
-                config_free(old);
-                m->reloads++;
-                m->loaded_realtime = clock_usec(CLOCK_REALTIME);
-                log_full(LOG_INFO, 0, MESSAGE_ID_RELOADED, "reloaded configuration from %s", c->path);
+        if (r < 0) {
+                reload_failed(error ? error : strerror(-r));
+                goto done;
         }
+        r = accept_prepare(m->accept, c, &plan, &error);
+        if (r < 0) {
+                reload_failed(error ? error : strerror(-r));
+                goto done;
+        }
+        if (c->sandbox != m->config->sandbox) {
+                r = sandbox_new(c->sandbox, &sandbox);
+                if (r >= 0)
+                        r = spawner_prepare(m->spawner, sandbox, &proc);
+                if (r < 0) {
+                        char what[128];
+                        snprintf(what, sizeof(what), "cannot start echod-spawner with sandbox = %s: %s",
+                                 c->sandbox ? "true" : "false", strerror(-r));
+                        reload_failed(what);
+                        accept_abort(plan);
+                        sandbox_free(sandbox);
+                        goto done;
+                }
+        }
+
+        /* commit: nothing below can fail */
+        Config *old = m->config;
+        m->config = TAKE_PTR(c);
+        accept_commit(m->accept, plan, &changes);
+        if (old->source_prefix_v4 != m->config->source_prefix_v4 ||
+            old->source_prefix_v6 != m->config->source_prefix_v6)
+                children_regroup(m->children, m->config->source_prefix_v4, m->config->source_prefix_v6);
+        if (proc) {
+                log_notice("started a new echod-spawner (pid %d, sandbox %s): it takes new connections, running ones "
+                           "keep the sandbox they started in", (int) spawner_proc_pid(proc),
+                           m->config->sandbox ? "on" : "off");
+                spawner_commit(m->spawner, proc, sandbox);
+                sandbox_free(m->sandbox);
+                m->sandbox = sandbox;
+        }
+        config_free(old);
+        m->ceiling = MAX(m->config->max_connections, children_active(m->children));
+        m->run_queue = true;
+        m->reloads++;
+        m->loaded_realtime = clock_usec(CLOCK_REALTIME);
+        for (unsigned i = 0; i < changes.n_removed; i++)
+                log_info("no longer listening on %s", ipaddr_format_endpoint(&changes.removed[i], a));
+        for (unsigned i = 0; i < changes.n_added; i++)
+                log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on %s",
+                         ipaddr_format_endpoint(&changes.added[i], a));
+        log_full(LOG_INFO, 0, MESSAGE_ID_RELOADED, "reloaded configuration from %s", m->config->path);
+done:
         format_status(m, m->last_status, sizeof(m->last_status));
         notify_ready(m->last_status);
         return 0;
 }
 
-/* --- setup --------------------------------------------------------------------------------- */
+/* --- after every event batch ----------------------------------------------------------------- */
+
+static void check_invariants(Manager *m) {
+        const char *what = NULL;
+        SpawnerStatus sp;
+
+        spawner_status(m->spawner, &sp);
+        if (children_check(m->children, &what) < 0 || accept_check(m->accept, &what) < 0)
+                goto broken;
+        /* every pending slot is a hand-off the spawner side holds, queued or in flight */
+        if (children_pending(m->children) != sp.queued + sp.in_flight) {
+                what = "pending slots != hand-offs queued or in flight";
+                goto broken;
+        }
+        /* a lower limit from a reload is reached by attrition: nobody is admitted above it */
+        if (children_active(m->children) <= m->config->max_connections)
+                m->ceiling = m->config->max_connections;
+        if (children_active(m->children) > m->ceiling) {
+                what = "more admitted connections than max_connections";
+                goto broken;
+        }
+        return;
+broken:
+        log_error("invariant broken: %s (active %u, pending %u, queued %u, in flight %u)", what,
+                  children_active(m->children), children_pending(m->children), sp.queued, sp.in_flight);
+        abort();
+}
+
+static int on_post(sd_event_source *s, void *userdata) {
+        Manager *m = userdata;
+
+        if (m->run_queue) {
+                m->run_queue = false;
+                accept_run_queue(m->accept);
+        }
+        if (ECHOD_INVARIANTS)
+                check_invariants(m);
+        if (m->stopping && children_active(m->children) == 0)
+                return sd_event_exit(m->event, 0);
+        return 0;
+}
+
+/* --- setup ----------------------------------------------------------------------------------- */
 
 int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool activated, int control_fd,
                 Manager **ret) {
+        static const SpawnerCallbacks spawner_cb = {
+                .started = on_started,
+                .failed = on_failed,
+                .exited = on_exited,
+                .gone = on_gone,
+                .lost = on_lost,
+                .restarted = on_restarted,
+        };
+        static const AcceptCallbacks accept_cb = { .admit = on_admit };
+        _cleanup_(closep) int cfd = control_fd;
         Manager *m = calloc(1, sizeof(Manager));
         int r;
 
         if (!m) {
-                safe_close(control_fd);
                 for (unsigned i = 0; i < n_listeners; i++)
                         listener_free(listeners[i]);
+                free(listeners);
                 config_free(config);
                 return -ENOMEM;
         }
-        m->control_fd = control_fd;
-        m->spawner_fd = -1;
         m->started_realtime = m->loaded_realtime = clock_usec(CLOCK_REALTIME);
         m->started_monotonic = now_usec();
         m->config = config;
-        m->activated = activated;
-        m->listeners = calloc(MAX(n_listeners, 1), sizeof(Listener *));
-        if (!m->listeners) {
+        m->stop_signal = SIGTERM;
+        m->ceiling = config->max_connections;
+
+        r = sd_event_default(&m->event);
+        if (r >= 0)
+                r = children_new(&m->children);
+        if (r >= 0)
+                r = accept_new(m->event, m->children, config, TAKE_PTR(listeners), n_listeners, activated,
+                               &accept_cb, m, &m->accept);
+        else {
                 for (unsigned i = 0; i < n_listeners; i++)
                         listener_free(listeners[i]);
-                manager_free(m);
-                return -ENOMEM;
+                free(listeners);
         }
-        memcpy(m->listeners, listeners, n_listeners * sizeof(Listener *));
-        m->n_listeners = n_listeners;
-
-        r = child_table_new(&m->children);
         if (r >= 0)
-                r = source_table_new(&m->sources);
+                r = sandbox_new(config->sandbox, &m->sandbox);
         if (r >= 0)
-                r = sd_event_default(&m->event);
-        if (r >= 0)
-                r = accept_apply_config(m, NULL);
+                r = spawner_new(m->event, children_memfd(m->children), &spawner_cb, m, &m->spawner);
+        if (r >= 0 && cfd >= 0)
+                r = control_new(m->event, TAKE_FD(cfd), report, m, &m->control);
         if (r < 0) {
                 manager_free(m);
                 return r;
@@ -380,30 +555,26 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
-        close_listeners(m);
-        control_detach(m);
+        control_free(m->control);
         notify_close();
-        spawner_stop(m);
-        free(m->listeners);
-        accept_drop_pending(m);
-        sd_event_source_unref(m->refusal_timer);
-        sd_event_source_unref(m->backoff_timer);
-        sd_event_source_unref(m->queue_timer);
-        sd_event_source_unref(m->status_timer);
-        sd_event_source_unref(m->watchdog_timer);
-        sd_event_source_unref(m->shutdown_timer);
+        accept_free(m->accept);
+        spawner_free(m->spawner);
+        sd_event_source_disable_unref(m->post);
+        sd_event_source_disable_unref(m->status_timer);
+        sd_event_source_disable_unref(m->watchdog_timer);
+        sd_event_source_disable_unref(m->shutdown_timer);
         sd_event_unref(m->event);
-        child_table_free(m->children);
-        source_table_free(m->sources);
-        acl_free(m->acl);
+        children_free(m->children);
         sandbox_free(m->sandbox);
-        rate_table_free(m->source_rates);
         config_free(m->config);
         free(m);
         return NULL;
 }
 
 int manager_run(Manager *m, void (*ready)(void)) {
+        sd_event_source *sigchld = NULL;
+        unsigned n_listeners;
+        Listener *const *l;
         sigset_t mask;
         int r;
 
@@ -416,29 +587,23 @@ int manager_run(Manager *m, void (*ready)(void)) {
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return log_error_errno(errno, "Failed to block signals");
 
-        sd_event_source *sigchld = NULL;
         if ((r = sd_event_add_signal(m->event, &sigchld, SIGCHLD, on_sigchld, m)) < 0 ||
             (r = sd_event_add_signal(m->event, NULL, SIGHUP, on_reload_signal, m)) < 0 ||
             (r = sd_event_add_signal(m->event, NULL, SIGTERM, on_stop_signal, m)) < 0 ||
             (r = sd_event_add_signal(m->event, NULL, SIGINT, on_stop_signal, m)) < 0 ||
-            (r = sd_event_add_signal(m->event, NULL, SIGUSR1, on_status_signal, m)) < 0)
+            (r = sd_event_add_signal(m->event, NULL, SIGUSR1, on_status_signal, m)) < 0 ||
+            (r = sd_event_add_post(m->event, &m->post, on_post, m)) < 0)
                 return log_error_errno(r, "Failed to set up signal handling");
         /* reaping goes before accepting, so freed slots are seen by the next admission */
         (void) sd_event_source_set_priority(sigchld, SD_EVENT_PRIORITY_IMPORTANT);
         (void) sd_event_source_set_floating(sigchld, true);
         sd_event_source_unref(sigchld);
-        r = attach_listeners(m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to watch listeners");
-        r = control_attach(m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to watch the control socket");
-        /* should the spawner die, its children (live connections) become ours to reap */
+        /* should a spawner die, its children (live connections) become ours to reap */
         if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
                 return log_error_errno(errno, "Failed to become a subreaper");
-        r = spawner_start(m);
+        r = spawner_start(m->spawner, m->sandbox);
         if (r < 0)
-                return log_error_errno(r, "Failed to start echod-spawner");
+                return log_error_errno(r, "Failed to start echod-spawner (%s)", spawner_path());
         r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, STATUS_INTERVAL_USEC,
                                        USEC_PER_SEC / 10, on_status_timer, m);
         if (r < 0)
@@ -456,7 +621,13 @@ int manager_run(Manager *m, void (*ready)(void)) {
                 m->watchdog_usec = watchdog_usec;
         }
 
-        log_listeners(m);
+        l = accept_listeners(m->accept, &n_listeners);
+        for (unsigned i = 0; i < n_listeners; i++) {
+                char a[IPADDR_STR_MAX];
+                log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on %s%s%s",
+                         ipaddr_format_endpoint(&l[i]->bound, a), l[i]->activated ? " (socket-activated)" : "",
+                         l[i]->proxy ? " (PROXY protocol)" : "");
+        }
         format_status(m, m->last_status, sizeof(m->last_status));
         notify_ready(m->last_status);
         setproctitle("master [0 of %u connections]", m->config->max_connections);
@@ -469,6 +640,7 @@ int manager_run(Manager *m, void (*ready)(void)) {
         if (r < 0)
                 return log_error_errno(r, "Event loop failed");
         log_full(LOG_INFO, 0, MESSAGE_ID_STOPPED, "stopped: %llu connections served, %llu refused",
-                 (unsigned long long) m->counters.accepted, (unsigned long long) refused_total(&m->counters));
+                 (unsigned long long) children_counters(m->children)->accepted,
+                 (unsigned long long) refusals_total(accept_refusals(m->accept)));
         return 0;
 }

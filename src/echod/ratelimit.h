@@ -18,16 +18,20 @@ bool token_bucket_take(TokenBucket *b, double rate, unsigned burst, uint64_t now
 /* Would the bucket be full at now (so it carries no state worth keeping)? */
 bool token_bucket_full(const TokenBucket *b, double rate, unsigned burst, uint64_t now);
 
-/* Per-source buckets, bounded: at most max sources tracked. A bucket that has refilled to full
- * is the same as no bucket, so full ones are dropped when room is needed; if every tracked
- * source is mid-burst (an address-rotation flood), new sources are let through unlimited
- * (the service-wide rate still applies) and counted in *overflows. */
+/* Per-source buckets, bounded: at most max sources tracked, in memory proportional to max (a
+ * bucket, a key, two int32 list links and two hash slots each, allocated once). Every take is
+ * O(1), whether or not the table is full: the buckets are kept in least-recently-taken order, and
+ * a bucket that has refilled to full is the same as no bucket, so a new source looks at (at most
+ * two of) the least recently taken ones and drops those that are full, reusing a slot. If the
+ * least recently taken one is still mid-burst while the table is full (all max sources were taken
+ * within the last burst / rate seconds: an address-rotation flood), the new source is let through
+ * unlimited (the service-wide rate still applies) and counted in *overflows. */
 typedef struct RateTable RateTable;
 
 int rate_table_new(unsigned max, RateTable **ret);
 RateTable *rate_table_free(RateTable *t);
 bool rate_table_take(RateTable *t, const IpAddr *source, double rate, unsigned burst, uint64_t now);
-/* Drop every bucket that is full again; returns how many remain. */
+/* Drop every bucket that is full again; returns how many remain. O(size): takes never need it. */
 unsigned rate_table_sweep(RateTable *t, double rate, unsigned burst, uint64_t now);
 unsigned rate_table_size(const RateTable *t);
 uint64_t rate_table_overflows(const RateTable *t);

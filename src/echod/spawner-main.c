@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "echod/child.h"
-#include "echod/children.h"
+#include "echod/slot.h"
 #include "shared/hashmap.h"
 #include "shared/macro.h"
 #include "shared/mem.h"

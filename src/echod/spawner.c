@@ -1,11 +1,10 @@
-/* The master's side of echod-spawner: start it, hand it connections, read what it reports,
- * and start it again if it dies.
- *
- * The master is a subreaper: if the spawner dies, its children (live connections) are reparented
- * to the master, which reaps and records them like any other; a new spawner takes new
- * connections. A hand-off that cannot be sent at once waits in order in m->handoff. */
+/* The master's side of echod-spawner: start its processes, hand them connections in order, read
+ * what they report, retire and replace them. spawner.h says what this owns and promises. */
+#include "echod/spawner.h"
+
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -18,150 +17,308 @@
 #include <unistd.h>
 
 #include "build-config.h"
-#include "echod/log.h"
-#include "echod/manager-internal.h"
-#include "echod/manager.h"
+#include "echod/spawn-proto.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
 /* argument area the children's titles are written over: "echod: " and the longest endpoint */
 #define TITLE_PAD 56
 _Static_assert(sizeof("echod: spawner") + TITLE_PAD > SPAWN_TITLE_MAX, "a child's title must fit the spawner's arguments");
-/* a spawner that dies within this of its start is started again only after it */
+/* a process that dies within this of its start is started again only after it */
 #define RESTART_HOLDOFF_USEC USEC_PER_SEC
-/* at exit: how long the spawner gets to go after its socket is closed */
-#define STOP_WAIT_MSEC 2000
+/* how long a retired process, or every process at exit, gets to go after its socket is closed */
+#define STOP_WAIT_USEC (2 * USEC_PER_SEC)
 
-static char spawner_path[4096];
+typedef struct Handoff {
+        SpawnConnection req;
+        int fd; /* -1 once sent */
+        struct Handoff *next;
+} Handoff;
+
+typedef struct HandoffList {
+        Handoff *head, *tail;
+        unsigned n;
+} HandoffList;
+
+struct SpawnerProc {
+        Spawner *owner;
+        unsigned gen;
+        pid_t pid;
+        int fd;
+        sd_event_source *io;
+        sd_event_source *retire_timer;
+        bool retiring;
+        int signal_pending; /* a SPAWN_SIGNAL the socket had no room for (the latest wins) */
+        HandoffList in_flight; /* sent, STARTED/FAILED not seen yet, in order */
+        uint64_t started_usec;
+        SpawnerProc *next;
+};
+
+struct Spawner {
+        sd_event *event;
+        int slots_memfd;
+        SpawnerCallbacks cb;
+        void *userdata;
+        const Sandbox *sandbox; /* what the current process runs, and a restart gets */
+        SpawnerProc *current;   /* NULL between a death and its restart */
+        SpawnerProc *procs;     /* every process not reaped yet, current included */
+        HandoffList queue;      /* admitted, not sent */
+        sd_event_source *restart_timer;
+        unsigned next_gen, restarts;
+        bool stopping;
+};
+
+static char path[PATH_MAX];
+
+static bool try_dir(const char *dir, size_t len) {
+        if (len + sizeof("/echod-spawner") > sizeof(path))
+                return false;
+        snprintf(path, sizeof(path), "%.*s/echod-spawner", (int) len, dir);
+        return access(path, X_OK) == 0;
+}
 
 void spawner_locate(const char *argv0) {
+        char buf[PATH_MAX];
         const char *slash = argv0 ? strrchr(argv0, '/') : NULL;
 
-        /* next to the echod binary (a build tree), else where the package installs it */
-        if (slash && (size_t) (slash - argv0) + sizeof("/echod-spawner") <= sizeof(spawner_path)) {
-                snprintf(spawner_path, sizeof(spawner_path), "%.*s/echod-spawner", (int) (slash - argv0), argv0);
-                if (access(spawner_path, X_OK) == 0)
+        /* next to the command as it was started (a build tree, or a test's copy of it), made
+         * absolute now: a daemon moves to / before it starts the spawner */
+        if (slash) {
+                if (argv0[0] == '/') {
+                        if (try_dir(argv0, (size_t) (slash - argv0)))
+                                return;
+                } else if (getcwd(buf, sizeof(buf)) && strlen(buf) + 1 + (size_t) (slash - argv0) < sizeof(buf)) {
+                        size_t n = strlen(buf);
+                        snprintf(buf + n, sizeof(buf) - n, "/%.*s", (int) (slash - argv0), argv0);
+                        if (try_dir(buf, strlen(buf)))
+                                return;
+                }
+        }
+        /* next to this very executable, however it was named */
+        ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+        if (n > 0) {
+                buf[n] = 0;
+                slash = strrchr(buf, '/');
+                if (slash && try_dir(buf, (size_t) (slash - buf)))
                         return;
         }
-        snprintf(spawner_path, sizeof(spawner_path), "%s", ECHOD_SPAWNER_PATH);
+        snprintf(path, sizeof(path), "%s", ECHOD_SPAWNER_PATH);
 }
 
-static int send_sandbox(Manager *m) {
-        static SpawnSandbox req;
-
-        sandbox_request(m->sandbox, &req);
-        return send(m->spawner_fd, &req, sizeof(req), MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
+const char *spawner_path(void) {
+        if (!path[0])
+                spawner_locate(NULL);
+        return path;
 }
 
-/* Send one hand-off. Returns 0, -EAGAIN (try later) or another -errno. */
-static int send_connection(Manager *m, Conn *c) {
-        const Config *cfg = m->config;
-        SpawnConnection req = {
-                .type = SPAWN_CONNECTION,
-                .slot = (uint32_t) c->slot,
-                .params = {
-                        .idle_timeout = cfg->idle_timeout,
-                        .stall_timeout = cfg->stall_timeout,
-                        .max_session = cfg->max_session,
-                        .max_bytes = cfg->max_bytes,
-                },
-        };
+static void list_push(HandoffList *l, Handoff *h) {
+        h->next = NULL;
+        if (l->tail)
+                l->tail->next = h;
+        else
+                l->head = h;
+        l->tail = h;
+        l->n++;
+}
+
+static Handoff *list_pop(HandoffList *l) {
+        Handoff *h = l->head;
+
+        if (!h)
+                return NULL;
+        l->head = h->next;
+        if (!l->head)
+                l->tail = NULL;
+        l->n--;
+        h->next = NULL;
+        return h;
+}
+
+static void handoff_free(Handoff *h) {
+        safe_close(h->fd);
+        free(h);
+}
+
+/* --- sending --------------------------------------------------------------------------------- */
+
+static int send_signal(SpawnerProc *p, int sig) {
+        SpawnSignal req = { .type = SPAWN_SIGNAL, .signal = sig };
+        return send(p->fd, &req, sizeof(req), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
+}
+
+/* Send one hand-off. Returns 0, -EAGAIN (later) or another -errno. */
+static int send_connection(SpawnerProc *p, Handoff *h) {
         union {
                 struct cmsghdr h;
                 char buf[CMSG_SPACE(sizeof(int))];
         } control = { 0 };
-        struct iovec iov = { .iov_base = &req, .iov_len = sizeof(req) };
+        struct iovec iov = { .iov_base = &h->req, .iov_len = sizeof(h->req) };
         struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
                              .msg_controllen = sizeof(control) };
-        char peer[IPADDR_STR_MAX];
-
-        if (m->spawner_fd < 0 || m->spawner_retiring)
-                return -EAGAIN;
-        snprintf(req.title, sizeof(req.title), "echod: %s", ipaddr_format_endpoint(&c->peer, peer));
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
         cm->cmsg_level = SOL_SOCKET;
         cm->cmsg_type = SCM_RIGHTS;
         cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &c->fd, sizeof(int));
-        return sendmsg(m->spawner_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
+        memcpy(CMSG_DATA(cm), &h->fd, sizeof(int));
+        return sendmsg(p->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
 }
 
-static void update_io(Manager *m) {
-        if (m->spawner_io)
-                (void) sd_event_source_set_io_events(m->spawner_io,
-                                                     EPOLLIN | (m->handoff.head && !m->spawner_retiring ? EPOLLOUT : 0));
+static void update_io(SpawnerProc *p) {
+        bool more = p->signal_pending || (p == p->owner->current && p->owner->queue.head);
+
+        if (p->io)
+                (void) sd_event_source_set_io_events(p->io, EPOLLIN | (more ? EPOLLOUT : 0));
 }
 
-/* Send queued hand-offs in order until the socket is full. */
-static void flush_handoff(Manager *m) {
-        while (m->handoff.head) {
-                Conn *c = m->handoff.head;
-                if (send_connection(m, c) < 0)
-                        break; /* EAGAIN: wait for EPOLLOUT; a dead spawner: for its restart */
-                list_remove(&m->handoff, c);
-                conn_free(c);
+/* Send what waits for p (a signal, then, if it is current, the queue) until its socket is full. A
+ * socket that fails otherwise is left alone: the process is dying, and its reaping says so. */
+static void flush(SpawnerProc *p) {
+        Spawner *s = p->owner;
+
+        if (p->fd < 0)
+                return;
+        if (p->signal_pending && send_signal(p, p->signal_pending) != -EAGAIN)
+                p->signal_pending = 0;
+        while (!p->signal_pending && p == s->current && !p->retiring && s->queue.head) {
+                Handoff *h = s->queue.head;
+                if (send_connection(p, h) < 0)
+                        break;
+                list_pop(&s->queue);
+                h->fd = safe_close(h->fd);
+                list_push(&p->in_flight, h);
         }
-        update_io(m);
+        update_io(p);
 }
 
-void spawner_handoff(Manager *m, Conn *c) {
-        list_append(&m->handoff, c);
-        flush_handoff(m);
-}
+void spawner_handoff(Spawner *s, int fd, int slot, const WorkerParams *params, const char *title) {
+        Handoff *h = calloc(1, sizeof(Handoff));
 
-void spawner_drop_handoff(Manager *m) {
-        while (m->handoff.head) {
-                Conn *c = m->handoff.head;
-                list_remove(&m->handoff, c);
-                accept_spawn_failed(m, c->slot, -ECANCELED);
-                conn_free(c);
+        if (!h) {
+                safe_close(fd);
+                s->cb.failed(s->userdata, slot, -ENOMEM);
+                return;
         }
-        update_io(m);
+        h->fd = fd;
+        h->req = (SpawnConnection) { .type = SPAWN_CONNECTION, .slot = (uint32_t) slot, .params = *params };
+        snprintf(h->req.title, sizeof(h->req.title), "%s", title);
+        list_push(&s->queue, h);
+        if (s->current)
+                flush(s->current);
 }
 
-static void handle_event(Manager *m, const SpawnEvent *e, unsigned *exits) {
+unsigned spawner_drop_queue(Spawner *s) {
+        unsigned n = 0;
+        Handoff *h;
+
+        s->stopping = true;
+        s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+        while ((h = list_pop(&s->queue))) {
+                int slot = (int) h->req.slot;
+                handoff_free(h);
+                s->cb.failed(s->userdata, slot, -ECANCELED);
+                n++;
+        }
+        for (SpawnerProc *p = s->procs; p; p = p->next)
+                update_io(p);
+        return n;
+}
+
+void spawner_signal(Spawner *s, int sig) {
+        for (SpawnerProc *p = s->procs; p; p = p->next) {
+                if (p->fd < 0)
+                        continue;
+                p->signal_pending = sig;
+                flush(p);
+        }
+}
+
+/* --- events ---------------------------------------------------------------------------------- */
+
+static void proc_kill(SpawnerProc *p) {
+        if (p->pid > 0)
+                (void) kill(p->pid, SIGKILL);
+}
+
+/* The in-flight hand-off an event is about: the oldest one, which must name the same slot. A
+ * process that says otherwise is not the spawner we started: it is killed, and what it held is
+ * resolved when it is reaped. */
+static Handoff *take_in_flight(SpawnerProc *p, uint32_t slot) {
+        if (!p->in_flight.head || p->in_flight.head->req.slot != slot) {
+                proc_kill(p);
+                return NULL;
+        }
+        return list_pop(&p->in_flight);
+}
+
+static unsigned handle_event(SpawnerProc *p, const SpawnEvent *e) {
+        Spawner *s = p->owner;
+        Handoff *h;
+
         switch (e->type) {
         case SPAWN_STARTED:
-                (void) child_table_started(m->children, (int) e->slot, e->pid);
-                break;
+                if ((h = take_in_flight(p, e->slot))) {
+                        free(h);
+                        s->cb.started(s->userdata, (int) e->slot, e->pid, p->gen);
+                }
+                return 0;
         case SPAWN_FAILED:
-                accept_spawn_failed(m, (int) e->slot, e->value);
-                (*exits)++;
-                break;
+                if ((h = take_in_flight(p, e->slot))) {
+                        free(h);
+                        s->cb.failed(s->userdata, (int) e->slot, e->value < 0 ? e->value : -EIO);
+                }
+                return 1;
         case SPAWN_EXITED:
-                record_exit(m, e->pid, e->value);
-                (*exits)++;
-                break;
+                s->cb.exited(s->userdata, e->pid, e->value);
+                return 1;
+        default:
+                proc_kill(p);
+                return 0;
         }
 }
 
-unsigned spawner_read_events(Manager *m) {
+static unsigned read_events(SpawnerProc *p) {
         static SpawnEvent ev[SPAWN_EVENTS_MAX];
-        unsigned exits = 0;
+        unsigned ended = 0;
         ssize_t n;
 
-        while (m->spawner_fd >= 0 && (n = recv(m->spawner_fd, ev, sizeof(ev), MSG_DONTWAIT)) > 0)
+        while (p->fd >= 0 && (n = recv(p->fd, ev, sizeof(ev), MSG_DONTWAIT)) > 0)
                 for (size_t i = 0; i < (size_t) n / sizeof(SpawnEvent); i++)
-                        handle_event(m, &ev[i], &exits);
-        return exits;
+                        ended += handle_event(p, &ev[i]);
+        return ended;
 }
 
-static int on_spawner_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Manager *m = userdata;
+unsigned spawner_dispatch(Spawner *s) {
+        unsigned ended = 0;
+
+        for (SpawnerProc *p = s->procs; p; p = p->next)
+                ended += read_events(p);
+        return ended;
+}
+
+static int on_proc_io(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
+        SpawnerProc *p = userdata;
 
         if (revents & EPOLLOUT)
-                flush_handoff(m);
-        if (spawner_read_events(m) > 0)
-                children_gone(m);
+                flush(p);
+        (void) read_events(p);
         return 0;
 }
 
-int spawner_start(Manager *m) {
-        _cleanup_(closep) int mine = -1, theirs = -1;
+/* --- processes ------------------------------------------------------------------------------- */
+
+static void close_channel(SpawnerProc *p) {
+        p->io = sd_event_source_disable_unref(p->io);
+        p->fd = safe_close(p->fd);
+}
+
+static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
+        _cleanup_(closep) int mine = -1, theirs = -1, slots = -1;
         posix_spawn_file_actions_t fa;
         posix_spawnattr_t attr;
         char *argv[2 + TITLE_PAD] = { (char *) "echod: spawner" };
         char *envp[] = { NULL };
+        static SpawnSandbox req;
         sigset_t none;
         int pair[2], r;
         pid_t pid;
@@ -176,9 +333,12 @@ int spawner_start(Manager *m) {
         safe_close(pair[1]);
         if (theirs < 0)
                 return negative_errno();
-        int slots = fcntl(child_table_memfd(m->children), F_DUPFD_CLOEXEC, 10);
+        slots = fcntl(s->slots_memfd, F_DUPFD_CLOEXEC, 10);
         if (slots < 0)
                 return negative_errno();
+        SpawnerProc *p = calloc(1, sizeof(SpawnerProc));
+        if (!p)
+                return -ENOMEM;
 
         sigemptyset(&none);
         posix_spawn_file_actions_init(&fa);
@@ -187,178 +347,201 @@ int spawner_start(Manager *m) {
         posix_spawn_file_actions_adddup2(&fa, slots, SPAWN_FD_SLOTS);
         posix_spawnattr_setsigmask(&attr, &none);
         posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
-        r = -posix_spawn(&pid, spawner_path, &fa, &attr, argv, envp);
+        r = -posix_spawn(&pid, spawner_path(), &fa, &attr, argv, envp);
         posix_spawn_file_actions_destroy(&fa);
         posix_spawnattr_destroy(&attr);
-        safe_close(slots);
-        if (r < 0)
+        if (r < 0) {
+                free(p);
                 return r;
-
-        m->spawner_pid = pid;
-        m->spawner_fd = TAKE_FD(mine);
-        m->spawner_started_usec = now_usec();
-        r = send_sandbox(m);
-        if (r >= 0)
-                r = sd_event_add_io(m->event, &m->spawner_io, m->spawner_fd, EPOLLIN, on_spawner_io, m);
-        /* like SIGCHLD before: exits are seen before the next admission */
-        if (r >= 0)
-                r = sd_event_source_set_priority(m->spawner_io, SD_EVENT_PRIORITY_IMPORTANT);
-        if (r < 0)
-                return r; /* the spawner exits when it sees the socket closed */
-        flush_handoff(m);
-        return 0;
-}
-
-void spawner_signal(Manager *m, int sig) {
-        SpawnSignal req = { .type = SPAWN_SIGNAL, .signal = sig };
-        size_t pos = 0;
-        const Child *c;
-
-        /* blocking: it must not be lost, and the spawner reads continuously */
-        if (m->spawner_fd >= 0)
-                (void) send(m->spawner_fd, &req, sizeof(req), MSG_NOSIGNAL);
-        /* children of a spawner that died are ours now: signal them directly (we reap them, so the
-         * pid cannot have been reused) */
-        while ((c = child_table_next(m->children, &pos)))
-                if (c->adopted)
-                        (void) kill(c->pid, sig);
-}
-
-static void close_channel(Manager *m) {
-        m->spawner_io = sd_event_source_disable_unref(m->spawner_io);
-        m->spawner_fd = safe_close(m->spawner_fd);
-}
-
-void spawner_stop(Manager *m) {
-        close_channel(m);
-        m->restart_timer = sd_event_source_disable_unref(m->restart_timer);
-        if (m->spawner_pid > 0) {
-                /* it exits at the end of its socket; one that does not (stopped, stuck) is killed */
-                _cleanup_(closep) int pidfd = pidfd_open(m->spawner_pid, 0);
-                struct pollfd p = { .fd = pidfd, .events = POLLIN };
-                if (pidfd < 0 || poll(&p, 1, STOP_WAIT_MSEC) <= 0)
-                        (void) kill(m->spawner_pid, SIGKILL);
-                (void) waitpid(m->spawner_pid, NULL, 0);
         }
-        m->spawner_pid = 0;
-}
 
-static int on_retire_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-
-        log_warning("echod-spawner (pid %d) did not exit within %u ms of being retired, killing it",
-                    (int) m->spawner_pid, STOP_WAIT_MSEC);
-        (void) kill(m->spawner_pid, SIGKILL);
+        *p = (SpawnerProc) { .owner = s, .gen = ++s->next_gen, .pid = pid, .fd = TAKE_FD(mine),
+                             .started_usec = now_usec(), .next = s->procs };
+        s->procs = p;
+        /* the first message, before any connection: the sandbox every child inherits */
+        sandbox_request(sb, &req);
+        r = send(p->fd, &req, sizeof(req), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
+        if (r >= 0)
+                r = sd_event_add_io(s->event, &p->io, p->fd, EPOLLIN, on_proc_io, p);
+        /* exits are seen before the next admission */
+        if (r >= 0)
+                r = sd_event_source_set_priority(p->io, SD_EVENT_PRIORITY_IMPORTANT);
+        if (r < 0) {
+                /* it exits at the end of its socket and is reaped like any retired one */
+                p->retiring = true;
+                close_channel(p);
+                proc_kill(p);
+                return r;
+        }
+        *ret = p;
         return 0;
 }
 
-void spawner_retire(Manager *m) {
-        if (m->spawner_pid <= 0 || m->spawner_fd < 0 || m->spawner_retiring)
-                return; /* the next spawner to start enters the new sandbox anyway */
-        /* it reads what was sent before, reports, and exits at the end of the stream */
-        if (shutdown(m->spawner_fd, SHUT_WR) < 0) {
-                (void) kill(m->spawner_pid, SIGKILL);
+static int on_retire_timeout(sd_event_source *src, uint64_t usec, void *userdata) {
+        proc_kill(userdata);
+        return 0;
+}
+
+/* It reads what was sent before, reports, and exits at the end of the stream; one that does not
+ * within STOP_WAIT_USEC is killed (its children go on, adopted). */
+static void proc_retire(SpawnerProc *p) {
+        if (p->retiring)
+                return;
+        p->retiring = true;
+        if (p->fd < 0 || shutdown(p->fd, SHUT_WR) < 0) {
+                proc_kill(p);
                 return;
         }
-        m->spawner_retiring = true;
-        update_io(m);
-        log_info("sandbox is now %s: echod-spawner (pid %d) hands over to a new one; running connections "
-                 "keep the sandbox they started in", m->config->sandbox ? "on" : "off", (int) m->spawner_pid);
-        m->restart_timer = sd_event_source_disable_unref(m->restart_timer);
-        (void) sd_event_add_time_relative(m->event, &m->restart_timer, CLOCK_MONOTONIC,
-                                          (uint64_t) STOP_WAIT_MSEC * USEC_PER_MSEC, 0, on_retire_timeout, m);
+        update_io(p);
+        if (sd_event_add_time_relative(p->owner->event, &p->retire_timer, CLOCK_MONOTONIC, STOP_WAIT_USEC, 0,
+                                       on_retire_timeout, p) < 0)
+                proc_kill(p);
 }
 
-/* The spawner's children are the master's now. Those it reaped but could not report (it died
- * between its wait4() and its send) are not: waitpid() says ECHILD, and their end is recorded
- * as unknown. Returns how many went away. */
-static unsigned adopt_children(Manager *m, unsigned *ret_adopted) {
-        unsigned gone = 0;
-        bool again = true;
+int spawner_start(Spawner *s, const Sandbox *sb) {
+        SpawnerProc *p;
+        int r = proc_start(s, sb, &p);
 
-        *ret_adopted = child_table_adopt_all(m->children);
-        while (again) {
-                size_t pos = 0;
-                const Child *c;
-                again = false;
-                while ((c = child_table_next(m->children, &pos))) {
-                        int status;
-                        pid_t pid = c->pid, r = waitpid(pid, &status, WNOHANG);
-                        if (r == 0 || (r < 0 && errno != ECHILD))
-                                continue;
-                        record_exit(m, pid, r == pid ? status : W_EXITCODE(255, 0));
-                        (*ret_adopted)--;
-                        gone++;
-                        again = true; /* the table changed under the iterator */
-                        break;
-                }
-        }
-        return gone;
-}
-
-static int on_restart(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-        int r = spawner_start(m);
-
-        if (r < 0) {
-                close_channel(m);
-                if (m->spawner_pid > 0)
-                        return 0; /* it exits on the closed socket; its SIGCHLD retries */
-                log_error_errno(r, "Failed to start %s, retrying in 1 s", spawner_path);
-                m->restart_timer = sd_event_source_disable_unref(m->restart_timer);
-                return sd_event_add_time_relative(m->event, &m->restart_timer, CLOCK_MONOTONIC,
-                                                  RESTART_HOLDOFF_USEC, 0, on_restart, m);
-        }
-        log_notice("started a new echod-spawner (pid %d, sandbox %s)", (int) m->spawner_pid,
-                   m->config->sandbox ? "on" : "off");
+        if (r < 0)
+                return r;
+        s->sandbox = sb;
+        s->current = p;
+        flush(p);
         return 0;
 }
 
-bool spawner_reaped(Manager *m, pid_t pid, int status) {
-        unsigned adopted, lost = 0;
-        int slot, pos = 0;
-        bool retired = m->spawner_retiring && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+int spawner_prepare(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
+        return proc_start(s, sb, ret);
+}
 
-        if (pid != m->spawner_pid)
+void spawner_commit(Spawner *s, SpawnerProc *p, const Sandbox *sb) {
+        if (s->current)
+                proc_retire(s->current);
+        s->current = p;
+        s->sandbox = sb;
+        s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+        s->restarts++;
+        flush(p);
+}
+
+pid_t spawner_proc_pid(const SpawnerProc *p) {
+        return p->pid;
+}
+
+void spawner_abort(Spawner *s, SpawnerProc *p) {
+        proc_retire(p);
+}
+
+static int on_restart(sd_event_source *src, uint64_t usec, void *userdata) {
+        Spawner *s = userdata;
+        SpawnerProc *p;
+        int r;
+
+        s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+        if (s->stopping || s->current)
+                return 0;
+        r = proc_start(s, s->sandbox, &p);
+        if (r < 0) {
+                s->cb.restarted(s->userdata, 0, r);
+                return sd_event_add_time_relative(s->event, &s->restart_timer, CLOCK_MONOTONIC, RESTART_HOLDOFF_USEC,
+                                                  0, on_restart, s);
+        }
+        s->current = p;
+        s->restarts++;
+        s->cb.restarted(s->userdata, p->pid, 0);
+        flush(p);
+        return 0;
+}
+
+static void proc_free(SpawnerProc *p) {
+        Handoff *h;
+
+        close_channel(p);
+        sd_event_source_disable_unref(p->retire_timer);
+        while ((h = list_pop(&p->in_flight)))
+                handoff_free(h);
+        free(p);
+}
+
+bool spawner_reaped(Spawner *s, pid_t pid, int status) {
+        SpawnerProc **pp, *p;
+        Handoff *h;
+
+        for (pp = &s->procs; *pp && (*pp)->pid != pid; pp = &(*pp)->next)
+                ;
+        if (!(p = *pp))
                 return false;
-        m->spawner_pid = 0;
-        m->spawner_retiring = false;
-        /* what it sent before dying is still true */
-        if (spawner_read_events(m) > 0)
-                children_gone(m);
-        close_channel(m);
+        *pp = p->next;
+        bool was_current = p == s->current;
+        bool retired = p->retiring && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (was_current)
+                s->current = NULL;
 
-        /* its children are ours now (subreaper); those whose STARTED never came: the pid it wrote
-         * into their slot after fork(), or no child at all */
-        while ((slot = child_table_next_pending(m->children, &pos)) >= 0) {
-                pid_t child = (pid_t) atomic_load_explicit(&child_table_shared(m->children, slot)->pid,
-                                                           memory_order_relaxed);
-                if (child <= 0 || child_table_started(m->children, slot, child) < 0) {
-                        accept_spawn_failed(m, slot, -ECHILD);
-                        lost++;
-                }
+        /* what it sent before dying is still true */
+        (void) read_events(p);
+        close_channel(p);
+        s->cb.gone(s->userdata, p->gen, pid, status, retired);
+        while ((h = list_pop(&p->in_flight))) {
+                int slot = (int) h->req.slot;
+                handoff_free(h);
+                s->cb.lost(s->userdata, slot, p->gen);
         }
-        if (adopt_children(m, &adopted) > 0)
-                children_gone(m);
-        if (retired)
-                log_info("echod-spawner (pid %d) retired; its %u connections continue", (int) pid, adopted);
-        else if (WIFSIGNALED(status)) {
-                const char *sig = sigabbrev_np(WTERMSIG(status));
-                log_error("echod-spawner (pid %d) was killed by SIG%s; its %u connections continue, %u not started "
-                          "were closed", (int) pid, sig ? sig : "?", adopted, lost);
-        } else
-                log_error("echod-spawner (pid %d) exited with status %d%s; its %u connections continue, %u not "
-                          "started were closed", (int) pid, WEXITSTATUS(status),
-                          WEXITSTATUS(status) == SPAWN_EXIT_SANDBOX ? " (it could not enter the sandbox)" : "",
-                          adopted, lost);
-        if (m->stopping) {
-                spawner_drop_handoff(m);
-                return true;
+        uint64_t lived = now_usec() - p->started_usec;
+        proc_free(p);
+
+        if (was_current && !s->stopping) {
+                s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+                if (sd_event_add_time_relative(s->event, &s->restart_timer, CLOCK_MONOTONIC,
+                                               lived < RESTART_HOLDOFF_USEC ? RESTART_HOLDOFF_USEC : 0, 0,
+                                               on_restart, s) < 0)
+                        s->cb.restarted(s->userdata, 0, -ENOMEM);
         }
-        uint64_t since = now_usec() - m->spawner_started_usec;
-        m->restart_timer = sd_event_source_disable_unref(m->restart_timer);
-        (void) sd_event_add_time_relative(m->event, &m->restart_timer, CLOCK_MONOTONIC,
-                                          !retired && since < RESTART_HOLDOFF_USEC ? RESTART_HOLDOFF_USEC : 0, 0,
-                                          on_restart, m);
         return true;
+}
+
+int spawner_new(sd_event *event, int slots_memfd, const SpawnerCallbacks *cb, void *userdata, Spawner **ret) {
+        Spawner *s = calloc(1, sizeof(Spawner));
+
+        if (!s)
+                return -ENOMEM;
+        *s = (Spawner) { .event = sd_event_ref(event), .slots_memfd = slots_memfd, .cb = *cb, .userdata = userdata };
+        *ret = s;
+        return 0;
+}
+
+Spawner *spawner_free(Spawner *s) {
+        Handoff *h;
+
+        if (!s)
+                return NULL;
+        s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+        while ((h = list_pop(&s->queue)))
+                handoff_free(h);
+        uint64_t deadline = now_usec() + STOP_WAIT_USEC;
+        while (s->procs) {
+                SpawnerProc *p = s->procs;
+                s->procs = p->next;
+                close_channel(p);
+                /* it exits at the end of its socket; one that does not (stopped, stuck) is killed */
+                _cleanup_(closep) int pidfd = pidfd_open(p->pid, 0);
+                uint64_t now = now_usec();
+                struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
+                if (pidfd < 0 || now >= deadline ||
+                    poll(&pfd, 1, (int) ((deadline - now) / USEC_PER_MSEC)) <= 0)
+                        proc_kill(p);
+                (void) waitpid(p->pid, NULL, 0);
+                proc_free(p);
+        }
+        sd_event_unref(s->event);
+        free(s);
+        return NULL;
+}
+
+void spawner_status(const Spawner *s, SpawnerStatus *ret) {
+        *ret = (SpawnerStatus) { .pid = s->current ? s->current->pid : 0, .restarts = s->restarts,
+                                 .queued = s->queue.n };
+        for (const SpawnerProc *p = s->procs; p; p = p->next) {
+                ret->in_flight += p->in_flight.n;
+                ret->retiring += p != s->current;
+        }
 }

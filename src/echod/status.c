@@ -1,6 +1,5 @@
-/* The status report: what echod is doing right now, for humans (aligned text) and scripts
- * (JSON). Built from the master's counters, the slot table (live bytes and idle times) and the
- * per-source tables; nothing is sampled or estimated except where noted in admit.h. */
+/* The status report: a snapshot of the modules' const views, then text or JSON from it.
+ * Nothing is sampled or estimated except the top refused sources (admit.h says how). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,7 +9,7 @@
 
 #include "build-config.h"
 #include "echod/log.h"
-#include "echod/manager-internal.h"
+#include "echod/status.h"
 #include "shared/hashmap.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
@@ -19,7 +18,7 @@
 #define LOG_CONNECTIONS_MAX 50
 
 typedef struct Live {
-        const Child *child;
+        Child child;
         uint64_t in, out, idle_usec;
 } Live;
 
@@ -30,7 +29,7 @@ typedef struct SourceCount {
 
 static int by_age(const void *a, const void *b) {
         const Live *x = a, *y = b;
-        return x->child->start_usec < y->child->start_usec ? -1 : x->child->start_usec > y->child->start_usec;
+        return x->child.start_usec < y->child.start_usec ? -1 : x->child.start_usec > y->child.start_usec;
 }
 
 static int by_count(const void *a, const void *b) {
@@ -38,34 +37,66 @@ static int by_count(const void *a, const void *b) {
         return x->count < y->count ? 1 : x->count > y->count ? -1 : 0;
 }
 
-/* A snapshot of everything the report shows, so text and JSON come from the same numbers. */
+/* Everything the report shows, taken at one moment, so text and JSON agree. */
 typedef struct Snapshot {
+        const StatusSources *src;
         uint64_t now;
+        Listener *const *listeners;
+        unsigned n_listeners;
+        ChildCounters counters;
+        SpawnerStatus spawner;
+        uint64_t refused[_REFUSE_MAX], refused_total;
+        unsigned queued, max_connections;
         Live *live;
         unsigned n_live;
-        uint64_t bytes_in, bytes_out; /* finished plus live */
+        uint64_t bytes_in, bytes_out; /* ended plus live */
         SourceCount top_active[TOP_SOURCES];
         unsigned n_top_active;
-        RefusalTop refused;
+        RefusalTop refused_sources;
+        char *effective; /* the configuration in force, as -T prints it */
+        size_t effective_len;
 } Snapshot;
 
-static int snapshot(Manager *m, Snapshot *s) {
-        unsigned n = child_table_active(m->children);
+static void snapshot_done(Snapshot *s) {
+        free(s->live);
+        free(s->effective);
+}
+
+static int snapshot(const StatusSources *src, Snapshot *s) {
+        const Refusals *refusals = accept_refusals(src->accept);
+        unsigned n = children_active(src->children);
         size_t pos = 0;
         const Child *c;
+        int slot;
 
-        *s = (Snapshot) { .now = now_usec(), .bytes_in = m->counters.bytes_in, .bytes_out = m->counters.bytes_out };
-        s->live = calloc(n ? n : 1, sizeof(Live));
-        if (!s->live)
+        *s = (Snapshot) { .src = src, .now = now_usec(), .counters = *children_counters(src->children),
+                          .queued = accept_queued(src->accept), .max_connections = src->config->max_connections };
+        s->listeners = accept_listeners(src->accept, &s->n_listeners);
+        spawner_status(src->spawner, &s->spawner);
+        memcpy(s->refused, refusals_counts(refusals), sizeof(s->refused));
+        s->refused_total = refusals_total(refusals);
+        refusals_top(refusals, &s->refused_sources);
+        s->bytes_in = s->counters.bytes_in;
+        s->bytes_out = s->counters.bytes_out;
+        FILE *f = open_memstream(&s->effective, &s->effective_len);
+        if (!f)
                 return -ENOMEM;
-        while ((c = child_table_next(m->children, &pos)) && s->n_live < n) {
-                int slot = child_table_slot_of(m->children, c->pid);
-                SlotShared *sh = child_table_shared(m->children, slot);
+        config_dump(src->config, f);
+        if (fclose(f) != 0)
+                return -ENOMEM;
+
+        s->live = calloc(n ? n : 1, sizeof(Live));
+        if (!s->live) {
+                snapshot_done(s);
+                return -ENOMEM;
+        }
+        while ((c = children_next(src->children, &pos, &slot)) && s->n_live < n) {
+                uint64_t last;
+                if (c->pid <= 0)
+                        continue; /* handed over, no process yet */
                 Live *l = &s->live[s->n_live++];
-                uint64_t last = atomic_load_explicit(&sh->last_active_usec, memory_order_relaxed);
-                l->child = c;
-                l->in = atomic_load_explicit(&sh->bytes_in, memory_order_relaxed);
-                l->out = atomic_load_explicit(&sh->bytes_out, memory_order_relaxed);
+                l->child = *c;
+                children_slot_counters(src->children, slot, &l->in, &l->out, &last);
                 last = MAX(last, c->start_usec);
                 l->idle_usec = s->now > last ? s->now - last : 0;
                 s->bytes_in += l->in;
@@ -73,23 +104,18 @@ static int snapshot(Manager *m, Snapshot *s) {
         }
         qsort(s->live, s->n_live, sizeof(Live), by_age);
 
-        /* the per-source table holds live (and queued) connections per group: keep the top ones */
-        SourceCount all;
-        const void *key;
-        int32_t v;
+        /* the per-source counts of admitted connections: keep the top ones */
+        SourceCount sc;
         pos = 0;
-        while (source_table_next(m->sources, &pos, &key, &v)) {
-                all = (SourceCount) { *(const IpAddr *) key, (unsigned) v };
+        while (children_next_source(src->children, &pos, &sc.source, &sc.count)) {
                 if (s->n_top_active < TOP_SOURCES)
-                        s->top_active[s->n_top_active++] = all;
-                else if (all.count > s->top_active[TOP_SOURCES - 1].count)
-                        s->top_active[TOP_SOURCES - 1] = all;
+                        s->top_active[s->n_top_active++] = sc;
+                else if (sc.count > s->top_active[TOP_SOURCES - 1].count)
+                        s->top_active[TOP_SOURCES - 1] = sc;
                 else
                         continue;
                 qsort(s->top_active, s->n_top_active, sizeof(SourceCount), by_count);
         }
-        s->refused = m->refused_sources;
-        refusal_top_sort(&s->refused);
         return 0;
 }
 
@@ -139,64 +165,72 @@ static int width_of(const IpAddr *const *addrs, unsigned n, bool prefix, int hea
         return w;
 }
 
-static void text_report(Manager *m, const Snapshot *s, FILE *f, unsigned max_live) {
-        const Counters *c = &m->counters;
+static void text_report(const Snapshot *s, FILE *f, unsigned max_live) {
+        const StatusSources *src = s->src;
+        const ChildCounters *c = &s->counters;
         char a[IPADDR_STR_MAX], b[IPADDR_STR_MAX], t1[64], t2[64], d[32], idle[32];
         unsigned n_shown = MIN(s->n_live, max_live);
-        _cleanup_(freep) const IpAddr **col = calloc(MAX(MAX(n_shown, TOP_SOURCES), m->n_listeners) + 1,
+        _cleanup_(freep) const IpAddr **col = calloc(MAX(MAX(n_shown, TOP_SOURCES), s->n_listeners) + 1,
                                                       sizeof(IpAddr *));
         int wl, wp, wv, ws;
 
         if (!col)
                 return;
 
-        for (unsigned i = 0; i < m->n_listeners; i++)
-                col[i] = &m->listeners[i]->bound;
-        wl = width_of(col, m->n_listeners, false, 8);
+        for (unsigned i = 0; i < s->n_listeners; i++)
+                col[i] = &s->listeners[i]->bound;
+        wl = width_of(col, s->n_listeners, false, 8);
         for (unsigned i = 0; i < n_shown; i++)
-                col[i] = &s->live[i].child->peer;
+                col[i] = &s->live[i].child.peer;
         wp = width_of(col, n_shown, false, 4);
         for (unsigned i = 0; i < n_shown; i++)
-                col[i] = s->live[i].child->proxied ? &s->live[i].child->via : NULL;
+                col[i] = s->live[i].child.proxied ? &s->live[i].child.via : NULL;
         wv = width_of(col, n_shown, false, 3);
         for (unsigned i = 0; i < s->n_top_active; i++)
                 col[i] = &s->top_active[i].source;
         ws = width_of(col, s->n_top_active, true, 21);
-        for (unsigned i = 0; i < MIN(s->refused.n, TOP_SOURCES); i++)
-                col[i] = &s->refused.items[i].source;
-        ws = MAX(ws, width_of(col, MIN(s->refused.n, TOP_SOURCES), true, 21));
+        for (unsigned i = 0; i < MIN(s->refused_sources.n, TOP_SOURCES); i++)
+                col[i] = &s->refused_sources.items[i].source;
+        ws = MAX(ws, width_of(col, MIN(s->refused_sources.n, TOP_SOURCES), true, 21));
 
-        format_duration(s->now - m->started_monotonic, d, sizeof(d));
-        format_time(m->started_realtime, t1, sizeof(t1));
-        format_time(m->loaded_realtime, t2, sizeof(t2));
+        format_duration(s->now - src->started_monotonic, d, sizeof(d));
+        format_time(src->started_realtime, t1, sizeof(t1));
+        format_time(src->loaded_realtime, t2, sizeof(t2));
         fprintf(f, "echod %s, pid %d, up %s (since %s)\n", PACKAGE_VERSION, (int) getpid(), d, t1);
-        fprintf(f, "config %s, loaded %s, %u reload%s\n\n", m->config->path, t2, m->reloads,
-                m->reloads == 1 ? "" : "s");
+        fprintf(f, "config %s, loaded %s, %u reload%s\n", src->config->path, t2, src->reloads,
+                src->reloads == 1 ? "" : "s");
+        if (s->spawner.pid > 0)
+                fprintf(f, "spawner pid %d, %u restart%s, %u hand-offs queued, %u in flight\n\n",
+                        (int) s->spawner.pid, s->spawner.restarts, s->spawner.restarts == 1 ? "" : "s",
+                        s->spawner.queued, s->spawner.in_flight);
+        else
+                fprintf(f, "spawner not running (restarting), %u restart%s, %u hand-offs queued\n\n",
+                        s->spawner.restarts, s->spawner.restarts == 1 ? "" : "s", s->spawner.queued);
 
         fprintf(f, "%-*s  %-10s %s\n", wl, "LISTENER", "SOCKET", "PROXY");
-        for (unsigned i = 0; i < m->n_listeners; i++)
-                fprintf(f, "%-*s  %-10s %s\n", wl, ipaddr_format_endpoint(&m->listeners[i]->bound, a),
-                        m->listeners[i]->activated ? "activated" : "bound", m->listeners[i]->proxy ? "yes" : "no");
+        for (unsigned i = 0; i < s->n_listeners; i++)
+                fprintf(f, "%-*s  %-10s %s\n", wl, ipaddr_format_endpoint(&s->listeners[i]->bound, a),
+                        s->listeners[i]->activated ? "activated" : "bound", s->listeners[i]->proxy ? "yes" : "no");
 
-        fprintf(f, "\nconnections  active %u  peak %u  max %u  queued %u\n", s->n_live, c->peak,
-                m->config->max_connections, m->queue.n);
+        fprintf(f, "\nconnections  active %u  peak %u  max %u  queued %u\n", children_active(src->children), c->peak,
+                s->max_connections, s->queued);
         fprintf(f, "totals       accepted %" PRIu64 "  refused %" PRIu64 "  crashed %" PRIu64 "  bytes in %" PRIu64
                    "  bytes out %" PRIu64 "\n",
-                c->accepted, refused_total(c), c->crashed, s->bytes_in, s->bytes_out);
+                c->accepted, s->refused_total, c->crashed, s->bytes_in, s->bytes_out);
         fprintf(f, "refused      ");
         for (int i = 1; i < _REFUSE_MAX; i++)
-                fprintf(f, "%s%s %" PRIu64, i > 1 ? "  " : "", refusal_name((Refusal) i), c->refused[i]);
+                fprintf(f, "%s%s %" PRIu64, i > 1 ? "  " : "", refusal_name((Refusal) i), s->refused[i]);
         fputc('\n', f);
 
         fprintf(f, "\n%-8s %-*s  %-*s %8s %12s %12s %8s\n", "PID", wp, "PEER", wv, "VIA", "AGE", "BYTES IN",
                 "BYTES OUT", "IDLE");
         for (unsigned i = 0; i < n_shown; i++) {
                 const Live *l = &s->live[i];
-                format_duration(s->now - l->child->start_usec, d, sizeof(d));
+                format_duration(s->now - l->child.start_usec, d, sizeof(d));
                 format_duration(l->idle_usec, idle, sizeof(idle));
-                fprintf(f, "%-8d %-*s  %-*s %8s %12" PRIu64 " %12" PRIu64 " %8s\n", (int) l->child->pid, wp,
-                        ipaddr_format_endpoint(&l->child->peer, a), wv,
-                        l->child->proxied ? ipaddr_format_endpoint(&l->child->via, b) : "-", d, l->in, l->out, idle);
+                fprintf(f, "%-8d %-*s  %-*s %8s %12" PRIu64 " %12" PRIu64 " %8s\n", (int) l->child.pid, wp,
+                        ipaddr_format_endpoint(&l->child.peer, a), wv,
+                        l->child.proxied ? ipaddr_format_endpoint(&l->child.via, b) : "-", d, l->in, l->out, idle);
         }
         if (s->n_live > max_live)
                 fprintf(f, "... and %u more\n", s->n_live - max_live);
@@ -206,104 +240,83 @@ static void text_report(Manager *m, const Snapshot *s, FILE *f, unsigned max_liv
                 fprintf(f, "%-*s %8u\n", ws, ipaddr_format_prefix(&s->top_active[i].source, a),
                         s->top_active[i].count);
         fprintf(f, "\n%-*s %8s\n", ws, "TOP SOURCES (REFUSED)", "REFUSED");
-        for (unsigned i = 0; i < s->refused.n && i < TOP_SOURCES; i++)
-                fprintf(f, "%-*s %8" PRIu64 "\n", ws, ipaddr_format_prefix(&s->refused.items[i].source, a),
-                        s->refused.items[i].count);
+        for (unsigned i = 0; i < s->refused_sources.n && i < TOP_SOURCES; i++)
+                fprintf(f, "%-*s %8" PRIu64 "\n", ws, ipaddr_format_prefix(&s->refused_sources.items[i].source, a),
+                        s->refused_sources.items[i].count);
 }
 
-static void json_report(Manager *m, const Snapshot *s, FILE *f) {
-        const Counters *c = &m->counters;
+static void json_report(const Snapshot *s, FILE *f) {
+        const StatusSources *src = s->src;
+        const ChildCounters *c = &s->counters;
         char a[IPADDR_STR_MAX], t[64];
 
         fprintf(f, "{\"version\":\"%s\",\"pid\":%d,\"uptime_usec\":%" PRIu64 ",", PACKAGE_VERSION, (int) getpid(),
-                s->now - m->started_monotonic);
-        format_time(m->started_realtime, t, sizeof(t));
+                s->now - src->started_monotonic);
+        format_time(src->started_realtime, t, sizeof(t));
         fprintf(f, "\"started\":\"%s\",\"config\":{\"path\":", t);
-        json_string(f, m->config->path);
-        format_time(m->loaded_realtime, t, sizeof(t));
-        fprintf(f, ",\"loaded\":\"%s\",\"reloads\":%u},\"listeners\":[", t, m->reloads);
-        for (unsigned i = 0; i < m->n_listeners; i++) {
-                const Listener *l = m->listeners[i];
+        json_string(f, src->config->path);
+        format_time(src->loaded_realtime, t, sizeof(t));
+        fprintf(f, ",\"loaded\":\"%s\",\"reloads\":%u,\"effective\":", t, src->reloads);
+        json_string(f, s->effective);
+        fprintf(f, "},\"spawner\":{\"pid\":%d,\"restarts\":%u,\"retiring\":%u,\"queued\":%u,\"in_flight\":%u},",
+                (int) s->spawner.pid, s->spawner.restarts, s->spawner.retiring, s->spawner.queued,
+                s->spawner.in_flight);
+        fprintf(f, "\"listeners\":[");
+        for (unsigned i = 0; i < s->n_listeners; i++) {
+                const Listener *l = s->listeners[i];
                 fprintf(f, "%s{\"address\":\"%s\",\"port\":%u,\"socket\":\"%s\",\"proxy\":%s}", i ? "," : "",
                         ipaddr_format_host(&l->bound, a), l->bound.port, l->activated ? "activated" : "bound",
                         l->proxy ? "true" : "false");
         }
-        fprintf(f, "],\"totals\":{\"accepted\":%" PRIu64 ",\"active\":%u,\"peak\":%u,\"max\":%u,\"queued\":%u,"
-                   "\"refused\":%" PRIu64 ",\"crashed\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 "},",
-                c->accepted, s->n_live, c->peak, m->config->max_connections, m->queue.n, refused_total(c), c->crashed,
-                s->bytes_in, s->bytes_out);
+        fprintf(f, "],\"totals\":{\"accepted\":%" PRIu64 ",\"active\":%u,\"pending\":%u,\"peak\":%u,\"max\":%u,"
+                   "\"queued\":%u,\"refused\":%" PRIu64 ",\"closed\":%" PRIu64 ",\"crashed\":%" PRIu64
+                   ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 "},",
+                c->accepted, children_active(src->children), children_pending(src->children), c->peak,
+                s->max_connections, s->queued, s->refused_total, c->closed, c->crashed, s->bytes_in, s->bytes_out);
         fprintf(f, "\"refused\":{");
         for (int i = 1; i < _REFUSE_MAX; i++)
-                fprintf(f, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", refusal_name((Refusal) i), c->refused[i]);
+                fprintf(f, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", refusal_name((Refusal) i), s->refused[i]);
         fprintf(f, "},\"connections\":[");
         for (unsigned i = 0; i < s->n_live; i++) {
                 const Live *l = &s->live[i];
-                fprintf(f, "%s{\"pid\":%d,\"peer\":\"%s\"", i ? "," : "", (int) l->child->pid,
-                        ipaddr_format_endpoint(&l->child->peer, a));
-                if (l->child->proxied)
-                        fprintf(f, ",\"via\":\"%s\"", ipaddr_format_endpoint(&l->child->via, a));
+                fprintf(f, "%s{\"pid\":%d,\"peer\":\"%s\"", i ? "," : "", (int) l->child.pid,
+                        ipaddr_format_endpoint(&l->child.peer, a));
+                if (l->child.proxied)
+                        fprintf(f, ",\"via\":\"%s\"", ipaddr_format_endpoint(&l->child.via, a));
                 fprintf(f, ",\"age_usec\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
                            ",\"idle_usec\":%" PRIu64 "}",
-                        s->now - l->child->start_usec, l->in, l->out, l->idle_usec);
+                        s->now - l->child.start_usec, l->in, l->out, l->idle_usec);
         }
         fprintf(f, "],\"top_sources_active\":[");
         for (unsigned i = 0; i < s->n_top_active; i++)
                 fprintf(f, "%s{\"source\":\"%s\",\"active\":%u}", i ? "," : "",
                         ipaddr_format_prefix(&s->top_active[i].source, a), s->top_active[i].count);
         fprintf(f, "],\"top_sources_refused\":[");
-        for (unsigned i = 0; i < s->refused.n && i < TOP_SOURCES; i++)
+        for (unsigned i = 0; i < s->refused_sources.n && i < TOP_SOURCES; i++)
                 fprintf(f, "%s{\"source\":\"%s\",\"refused\":%" PRIu64 "}", i ? "," : "",
-                        ipaddr_format_prefix(&s->refused.items[i].source, a), s->refused.items[i].count);
+                        ipaddr_format_prefix(&s->refused_sources.items[i].source, a),
+                        s->refused_sources.items[i].count);
         fprintf(f, "]}\n");
 }
 
-int status_format(Manager *m, bool json, char **ret, size_t *ret_len) {
+int status_report(const StatusSources *src, StatusFormat format, unsigned max_live, char **ret, size_t *ret_len) {
         Snapshot s;
         FILE *f;
         int r;
 
-        r = snapshot(m, &s);
+        r = snapshot(src, &s);
         if (r < 0)
                 return r;
         f = open_memstream(ret, ret_len);
         if (!f) {
-                free(s.live);
+                snapshot_done(&s);
                 return -ENOMEM;
         }
-        if (json)
-                json_report(m, &s, f);
+        if (format == STATUS_JSON)
+                json_report(&s, f);
         else
-                text_report(m, &s, f, UINT32_MAX);
+                text_report(&s, f, max_live);
         r = fclose(f) == 0 ? 0 : -ENOMEM;
-        free(s.live);
+        snapshot_done(&s);
         return r;
-}
-
-void status_log(Manager *m) {
-        _cleanup_(freep) char *text = NULL;
-        size_t len = 0;
-        Snapshot s;
-        FILE *f;
-
-        if (snapshot(m, &s) < 0)
-                return;
-        f = open_memstream(&text, &len);
-        if (f) {
-                text_report(m, &s, f, LOG_CONNECTIONS_MAX);
-                fclose(f);
-        }
-        free(s.live);
-        if (!text)
-                return;
-        for (char *line = text, *nl; *line; line = nl + 1) {
-                nl = strchr(line, '\n');
-                if (!nl)
-                        nl = line + strlen(line) - 1;
-                else
-                        *nl = 0;
-                if (*line)
-                        log_info("status: %s", line);
-                if (!nl[1])
-                        break;
-        }
 }

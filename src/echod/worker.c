@@ -302,10 +302,9 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         return WORKER_PEER_RESET;
         }
 
-        /* everything read has been echoed: send our FIN. The master may admit the peer's next
-         * connection from now on, before our exit is reaped. */
-        if (slot)
-                atomic_store_explicit(&slot->finished, 1, memory_order_release);
+        /* everything read has been echoed: send our FIN. The connection counts against the
+         * limits until this process is gone (a peer that never sends its FIN holds it for the
+         * linger, as long as any other connection) */
         if (shutdown(fd, SHUT_WR) < 0)
                 return errno_to_exit(errno);
         if (!eof)

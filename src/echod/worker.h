@@ -4,7 +4,7 @@
 #include <signal.h>
 #include <stdint.h>
 
-#include "echod/children.h"
+#include "echod/slot.h"
 #include "shared/timeutil.h"
 
 /* Exit codes say how a connection ended; the master turns them into EXIT_REASON. */

@@ -64,8 +64,8 @@ def test_counters_are_exact(echod_factory):
     e.wait_log(rf"127\.0\.0\.3:\d+ closed: killed-by-SIGKILL, 300 bytes in, 300 bytes out, [\d.]+ s, pid {victim}")
 
     st = status_json(e)
-    assert st["totals"] == {"accepted": 3, "active": 2, "peak": 3, "max": 3, "queued": 0, "refused": 9,
-                            "crashed": 1, "bytes_in": 600, "bytes_out": 600}
+    assert st["totals"] == {"accepted": 3, "active": 2, "pending": 0, "peak": 3, "max": 3, "queued": 0, "refused": 9,
+                            "closed": 1, "crashed": 1, "bytes_in": 600, "bytes_out": 600}
     assert st["refused"] == {"capacity": 4, "per-source": 1, "rate": 1, "per-source-rate": 1, "acl": 1,
                              "proxy": 1, "fork-failed": 0}
     assert sorted(c["pid"] for c in st["connections"]) == sorted(e.children())

@@ -58,9 +58,14 @@ def refused(host="127.0.0.1"):
 
 
 def set_key(c, key, value):
-    """Change key in the container's echod.conf (the shipped file sets every key)."""
+    """Change key in the container's echod.conf: the shipped file sets or shows every key, the
+    ones it leaves out (max_per_source) as a commented-out "#key = default", which is uncommented."""
     text = c.read(CONF)
     new, n = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text)
+    if n == 0:
+        # only when the key is not set: prose such as "# proxy_protocol = true every ..." would
+        # otherwise match too
+        new, n = re.subn(rf"(?m)^#\s*{key}\s*=.*$", f"{key} = {value}", text)
     assert n == 1, f"{key} not found once in {CONF}"
     c.write(CONF, new)
 

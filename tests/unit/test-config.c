@@ -230,6 +230,172 @@ static void test_shipped_config(void **state) {
         config_free(d);
 }
 
+/* Load text from a temporary file: the Config, or NULL and the error with the file name cut off
+ * ("LINE: message"). */
+static Config *load_text(const char *text, char **ret_error) {
+        char tmp[] = "/tmp/test-config-XXXXXX", *err = NULL;
+        Config *c = NULL;
+        int fd = mkstemp(tmp);
+
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+        close(fd);
+        int r = config_load(tmp, &c, &err);
+        unlink(tmp);
+        if (r < 0) {
+                assert_non_null(err);
+                assert_int_equal(strncmp(err, tmp, strlen(tmp)), 0);
+                *ret_error = strdup(err + strlen(tmp) + 1);
+                free(err);
+                return NULL;
+        }
+        *ret_error = NULL;
+        return c;
+}
+
+static unsigned per_source_for(const char *text) {
+        char *err = NULL;
+        Config *c = load_text(text, &err);
+
+        if (!c)
+                fail_msg("'%s' refused: %s", text, err);
+        unsigned v = c->max_per_source;
+        config_free(c);
+        return v;
+}
+
+static void assert_refused(const char *text, const char *want) {
+        char *err = NULL;
+        Config *c = load_text(text, &err);
+
+        if (c)
+                fail_msg("'%s' accepted, want error '%s'", text, want);
+        if (!strstr(err, want))
+                fail_msg("'%s': got error '%s', want '%s'", text, err, want);
+        free(err);
+}
+
+/* Lowering max_connections below max_per_source's default never makes the file invalid: a
+ * max_per_source the file leaves out is min(64, max_connections). One the file writes, 64
+ * included, is checked as written. */
+static void test_max_per_source_default_follows_max_connections(void **state) {
+        assert_int_equal(per_source_for(""), 64);
+        assert_int_equal(per_source_for("max_connections = 100\n"), 64);
+        assert_int_equal(per_source_for("max_connections = 65\n"), 64);
+        assert_int_equal(per_source_for("max_connections = 64\n"), 64);
+        assert_int_equal(per_source_for("max_connections = 63\n"), 63);
+        assert_int_equal(per_source_for("max_connections = 2\n"), 2);
+        assert_int_equal(per_source_for("max_connections = 1\n"), 1);
+        /* commented out, as in the shipped file: left out */
+        assert_int_equal(per_source_for("#max_per_source = 64\nmax_connections = 2\n"), 2);
+        /* chosen values stay as written, the default value included */
+        assert_int_equal(per_source_for("max_connections = 100\nmax_per_source = 64\n"), 64);
+        assert_int_equal(per_source_for("max_connections = 64\nmax_per_source = 64\n"), 64);
+        assert_int_equal(per_source_for("max_connections = 2\nmax_per_source = 1\n"), 1);
+        assert_int_equal(per_source_for("max_connections = 2\nmax_per_source = 2\n"), 2);
+        assert_int_equal(per_source_for("max_connections = 2\nmax_per_source = 0\n"), 0);
+        assert_int_equal(per_source_for("max_connections = 100\nmax_per_source = 100\n"), 100);
+        assert_refused("max_connections = 2\nmax_per_source = 3\n", "2: max_per_source (3) exceeds max_connections (2)");
+        assert_refused("max_per_source = 3\n\nmax_connections = 2\n",
+                       "3: max_per_source (3) exceeds max_connections (2)");
+        assert_refused("max_per_source = 513\n", "1: max_per_source (513) exceeds max_connections (512, the default)");
+        /* written as the default is written: not silently changed, an error like any other */
+        assert_refused("max_connections = 2\nmax_per_source = 64\n",
+                       "2: max_per_source (64) exceeds max_connections (2)");
+        assert_refused("max_per_source = 64\nmax_connections = 2\n",
+                       "2: max_per_source (64) exceeds max_connections (2)");
+        assert_refused("max_connections = 63\n\nmax_per_source = 64 # the default\n",
+                       "3: max_per_source (64) exceeds max_connections (63)");
+}
+
+/* -T prints the value in force, and the dump loads back to itself. */
+static void test_max_per_source_dump(void **state) {
+        char *err = NULL, *dump = NULL, *dump2 = NULL;
+        size_t len = 0, len2 = 0;
+        Config *c = load_text("max_connections = 2\n", &err), *c2;
+        FILE *f;
+
+        assert_non_null(c);
+        f = open_memstream(&dump, &len);
+        config_dump(c, f);
+        fclose(f);
+        assert_non_null(strstr(dump, "\nmax_connections = 2\nmax_per_source = 2\n"));
+        c2 = load_text(dump, &err);
+        assert_non_null(c2);
+        f = open_memstream(&dump2, &len2);
+        config_dump(c2, f);
+        fclose(f);
+        assert_string_equal(dump, dump2);
+        free(dump);
+        free(dump2);
+        config_free(c);
+        config_free(c2);
+}
+
+/* The shipped file with nothing changed but a lower max_connections is valid. */
+static void test_shipped_config_with_lower_max_connections(void **state) {
+        char path[512], *text = NULL, *err = NULL;
+        const char *from = "\nmax_connections = 512\n";
+
+        snprintf(path, sizeof(path), "%s/../../conf/echod.conf", configs_dir());
+        FILE *f = fopen(path, "re");
+        assert_non_null(f);
+        text = calloc(1, 1 << 20);
+        assert_non_null(text);
+        size_t n = fread(text, 1, (1 << 20) - 64, f);
+        fclose(f);
+        text[n] = 0;
+        char *at = strstr(text, from);
+        assert_non_null(at);
+        /* the shipped file shows max_per_source's default as a comment, and does not write it */
+        assert_non_null(strstr(text, "\n#max_per_source = 64\n"));
+        assert_null(strstr(text, "\nmax_per_source ="));
+        memmove(at + strlen("\nmax_connections = 2\n"), at + strlen(from), strlen(at + strlen(from)) + 1);
+        memcpy(at, "\nmax_connections = 2\n", strlen("\nmax_connections = 2\n"));
+
+        Config *c = load_text(text, &err);
+        if (!c)
+                fail_msg("shipped config with max_connections = 2 refused: %s", err);
+        assert_int_equal(c->max_connections, 2);
+        assert_int_equal(c->max_per_source, 2);
+        config_free(c);
+        free(text);
+}
+
+/* Integers are decimal: never octal ("0300" is not 192) or hex; floats take no hex either. */
+static void test_numbers_are_decimal(void **state) {
+        char *err = NULL;
+        Config *c = load_text("idle_timeout = 300\nstall_timeout = 0\nmax_session = \"120\"\n", &err);
+
+        assert_non_null(c);
+        assert_int_equal(c->idle_timeout, 300);
+        assert_int_equal(c->stall_timeout, 0);
+        assert_int_equal(c->max_session, 120);
+        config_free(c);
+        c = load_text("connection_rate = 0.5\nper_source_rate = 1e-05\nmax_bytes = 1099511627776\n", &err);
+        assert_non_null(c);
+        assert_true(c->connection_rate == 0.5);
+        assert_true(c->per_source_rate == 1e-05);
+        assert_true(c->max_bytes == UINT64_C(1099511627776));
+        config_free(c);
+
+        assert_refused("idle_timeout = 0300\n",
+                       "1: idle_timeout: '0300' is not a decimal integer (leading zeros and 0x are not accepted)");
+        assert_refused("\nidle_timeout = 00\n", "2: idle_timeout: '00' is not a decimal integer");
+        assert_refused("backlog = 08\n", "1: backlog: '08' is not a decimal integer");
+        assert_refused("max_bytes = 0x10\n", "1: max_bytes: '0x10' is not a decimal integer");
+        assert_refused("max_connections = -012\n", "1: max_connections: '-012' is not a decimal integer");
+        assert_refused("connection_rate = 0x10\n", "1: connection_rate: '0x10' is not a decimal number");
+        assert_refused("connection_rate = 0x1p3\n", "1: connection_rate: '0x1p3' is not a decimal number");
+        assert_refused("per_source_rate = 010.5\n", "1: per_source_rate: '010.5' is not a decimal number");
+        assert_refused("per_source_rate = .5\n", "1: per_source_rate: '.5' is not a decimal number");
+        /* not numbers at all, and the range checks, as before */
+        assert_refused("max_connections = many\n", "1: invalid integer value for option 'max_connections'");
+        assert_refused("connection_rate = nan\n", "1: invalid floating point value for option 'connection_rate'");
+        assert_refused("idle_timeout = -1\n", "1: idle_timeout: value -1 out of range");
+        assert_refused("connection_rate = -0.5\n", "1: connection_rate: value -0.5 out of range");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_bad_fixtures),   cmocka_unit_test(test_good_fixtures),
@@ -237,6 +403,10 @@ int main(void) {
                 cmocka_unit_test(test_wildcard_expands), cmocka_unit_test(test_string_escapes),
                 cmocka_unit_test(test_missing_file),   cmocka_unit_test(test_shipped_config),
                 cmocka_unit_test(test_proxy_listeners),
+                cmocka_unit_test(test_max_per_source_default_follows_max_connections),
+                cmocka_unit_test(test_max_per_source_dump),
+                cmocka_unit_test(test_shipped_config_with_lower_max_connections),
+                cmocka_unit_test(test_numbers_are_decimal),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,78 @@
+/* The master's side of echod-spawner: the processes that fork the children, and the hand-offs
+ * waiting for one.
+ *
+ * Owns: the spawner processes (the current one, and retired ones finishing what they were sent),
+ * the hand-off queue (admitted connections not yet sent, in order), and per process the hand-offs
+ * it has taken but not yet reported (STARTED or FAILED come back in the order they were sent).
+ * Knows a connection only as its fd and slot number; reports back through SpawnerCallbacks and
+ * never calls into the code that owns it. Every send is non-blocking.
+ *
+ * Each hand-off ends in exactly one callback: started() or failed() for its slot, or lost() if
+ * the process that took it died before saying which. A process that exits gives gone() first
+ * (its children are the master's now: it is their subreaper), then lost() for what it held. */
+#pragma once
+
+#include <stdbool.h>
+#include <sys/types.h>
+#include <systemd/sd-event.h>
+
+#include "echod/sandbox.h"
+#include "echod/worker.h"
+
+typedef struct SpawnerCallbacks {
+        void (*started)(void *userdata, int slot, pid_t pid, unsigned spawner);
+        /* no process for slot: error is -errno from fork(), or -ECANCELED when dropped at stop */
+        void (*failed)(void *userdata, int slot, int error);
+        void (*exited)(void *userdata, pid_t pid, int status);
+        void (*gone)(void *userdata, unsigned spawner, pid_t pid, int status, bool retired);
+        void (*lost)(void *userdata, int slot, unsigned spawner);
+        /* a process was started to replace one that died (pid), or could not be (error; retried) */
+        void (*restarted)(void *userdata, pid_t pid, int error);
+} SpawnerCallbacks;
+
+typedef struct Spawner Spawner;
+typedef struct SpawnerProc SpawnerProc;
+
+typedef struct SpawnerStatus {
+        pid_t pid;         /* the current process; 0 while none runs */
+        unsigned restarts; /* processes started after the first, for any reason */
+        unsigned retiring; /* retired processes still finishing */
+        unsigned queued;   /* hand-offs waiting to be sent */
+        unsigned in_flight; /* sent, not yet reported */
+} SpawnerStatus;
+
+/* Where echod-spawner is: next to argv0 (a build tree; made absolute, so a daemon that moved to /
+ * still finds it), else next to /proc/self/exe, else where the package installs it. Call once,
+ * before any chdir. */
+void spawner_locate(const char *argv0);
+const char *spawner_path(void);
+
+int spawner_new(sd_event *event, int slots_memfd, const SpawnerCallbacks *cb, void *userdata, Spawner **ret);
+/* At exit: close every channel (processes exit at its end), wait for them a bounded time, kill
+ * what is left, reap. */
+Spawner *spawner_free(Spawner *s);
+
+/* Start the first process in sandbox sb (kept by pointer: the caller keeps it alive until a
+ * commit replaces it). */
+int spawner_start(Spawner *s, const Sandbox *sb);
+/* A reload changes the sandbox: start a process in the new one, not yet used. */
+int spawner_prepare(Spawner *s, const Sandbox *sb, SpawnerProc **ret);
+/* Cannot fail: the current process is retired (finishes what it was sent, its children go on in
+ * their old sandbox) and p takes the queue and everything after. */
+void spawner_commit(Spawner *s, SpawnerProc *p, const Sandbox *sb);
+pid_t spawner_proc_pid(const SpawnerProc *p);
+/* The reload failed: p is retired unused. */
+void spawner_abort(Spawner *s, SpawnerProc *p);
+
+/* Hand an admitted connection over; takes fd. Sent now or queued in order. */
+void spawner_handoff(Spawner *s, int fd, int slot, const WorkerParams *params, const char *title);
+/* Stopping: every hand-off not sent yet ends in failed(-ECANCELED). Returns how many. */
+unsigned spawner_drop_queue(Spawner *s);
+/* Ask every process to signal all its children (queued if a socket is full). */
+void spawner_signal(Spawner *s, int sig);
+/* Read and act on what every process has reported. Returns how many connections ended. */
+unsigned spawner_dispatch(Spawner *s);
+/* From the master's waitpid(): true if pid was one of the spawner processes. */
+bool spawner_reaped(Spawner *s, pid_t pid, int status);
+
+void spawner_status(const Spawner *s, SpawnerStatus *ret);
