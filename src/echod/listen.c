@@ -109,10 +109,8 @@ int listeners_adopt(Listener ***ret, unsigned *ret_rejected) {
         return (int) n_ok;
 }
 
-int listeners_prepare(Listener *const *old, unsigned n_old, const ListenAddr *addrs, unsigned n, unsigned backlog,
-                      ListenerPlan *ret) {
+static int plan_new(unsigned n, unsigned backlog, ListenerPlan *ret) {
         ListenerPlan p = { .n = n, .backlog = backlog };
-        int r = 0;
 
         p.list = calloc(n ? n : 1, sizeof(Listener *));
         p.proxy = calloc(n ? n : 1, sizeof(bool));
@@ -121,6 +119,17 @@ int listeners_prepare(Listener *const *old, unsigned n_old, const ListenAddr *ad
                 listeners_abort(&p);
                 return -ENOMEM;
         }
+        *ret = p;
+        return 0;
+}
+
+int listeners_prepare(Listener *const *old, unsigned n_old, const ListenAddr *addrs, unsigned n, unsigned backlog,
+                      ListenerPlan *ret) {
+        ListenerPlan p;
+        int r = plan_new(n, backlog, &p);
+
+        if (r < 0)
+                return r;
         for (unsigned i = 0; i < n; i++) {
                 p.proxy[i] = addrs[i].proxy;
                 for (unsigned j = 0; j < n_old && !p.list[i]; j++)
@@ -142,15 +151,11 @@ int listeners_prepare(Listener *const *old, unsigned n_old, const ListenAddr *ad
 }
 
 int listeners_prepare_activated(Listener *const *old, unsigned n_old, bool proxy, ListenerPlan *ret) {
-        ListenerPlan p = { .n = n_old };
+        ListenerPlan p;
+        int r = plan_new(n_old, 0, &p);
 
-        p.list = calloc(n_old ? n_old : 1, sizeof(Listener *));
-        p.proxy = calloc(n_old ? n_old : 1, sizeof(bool));
-        p.fresh = calloc(n_old ? n_old : 1, sizeof(bool));
-        if (!p.list || !p.proxy || !p.fresh) {
-                listeners_abort(&p);
-                return -ENOMEM;
-        }
+        if (r < 0)
+                return r;
         for (unsigned i = 0; i < n_old; i++) {
                 p.list[i] = old[i];
                 p.proxy[i] = proxy;

@@ -280,9 +280,8 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 
 /* --- status ---------------------------------------------------------------------------------- */
 
-static int report(void *userdata, StatusFormat format, char **ret, size_t *ret_len) {
-        Manager *m = userdata;
-        StatusSources src = {
+static StatusSources sources(const Manager *m) {
+        return (StatusSources) {
                 .config = m->config,
                 .children = m->children,
                 .accept = m->accept,
@@ -292,6 +291,10 @@ static int report(void *userdata, StatusFormat format, char **ret, size_t *ret_l
                 .loaded_realtime = m->loaded_realtime,
                 .reloads = m->reloads,
         };
+}
+
+static int report(void *userdata, StatusFormat format, char **ret, size_t *ret_len) {
+        StatusSources src = sources(userdata);
         return status_report(&src, format, UINT32_MAX, ret, ret_len);
 }
 
@@ -299,16 +302,7 @@ static int report(void *userdata, StatusFormat format, char **ret, size_t *ret_l
 static int on_status_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
         _cleanup_(freep) char *text = NULL;
-        StatusSources src = {
-                .config = m->config,
-                .children = m->children,
-                .accept = m->accept,
-                .spawner = m->spawner,
-                .started_realtime = m->started_realtime,
-                .started_monotonic = m->started_monotonic,
-                .loaded_realtime = m->loaded_realtime,
-                .reloads = m->reloads,
-        };
+        StatusSources src = sources(m);
         size_t len;
 
         if (status_report(&src, STATUS_TEXT, 50, &text, &len) < 0)
@@ -344,6 +338,9 @@ static int on_shutdown_timeout(sd_event_source *s, uint64_t usec, void *userdata
         log_warning("shutdown_timeout (%u s) reached, killing %u remaining connections",
                     m->config->shutdown_timeout, children_active(m->children));
         signal_children(m, SIGKILL);
+        /* a spawner that is stopped or stuck passes nothing on: its children become ours, and are
+         * killed as they are adopted */
+        spawner_kill(m->spawner);
         return 0;
 }
 

@@ -233,6 +233,13 @@ void spawner_signal(Spawner *s, int sig) {
         }
 }
 
+static void proc_kill(SpawnerProc *p);
+
+void spawner_kill(Spawner *s) {
+        for (SpawnerProc *p = s->procs; p; p = p->next)
+                proc_kill(p);
+}
+
 /* --- events ---------------------------------------------------------------------------------- */
 
 static void proc_kill(SpawnerProc *p) {

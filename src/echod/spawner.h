@@ -70,6 +70,9 @@ void spawner_handoff(Spawner *s, int fd, int slot, const WorkerParams *params, c
 unsigned spawner_drop_queue(Spawner *s);
 /* Ask every process to signal all its children (queued if a socket is full). */
 void spawner_signal(Spawner *s, int sig);
+/* The last resort of a stop: kill every spawner process (its children become the master's, to be
+ * signalled directly), for one that is stopped or stuck cannot pass a signal on. */
+void spawner_kill(Spawner *s);
 /* Read and act on what every process has reported. Returns how many connections ended. */
 unsigned spawner_dispatch(Spawner *s);
 /* From the master's waitpid(): true if pid was one of the spawner processes. */

@@ -10,7 +10,7 @@
 #include "build-config.h"
 #include "echod/log.h"
 #include "echod/status.h"
-#include "shared/hashmap.h"
+#include "shared/json.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
@@ -139,20 +139,6 @@ static void format_time(uint64_t realtime_usec, char *buf, size_t size) {
         strftime(buf, size, "%Y-%m-%d %H:%M:%S UTC", gmtime_r(&t, &tm));
 }
 
-static void json_string(FILE *f, const char *s) {
-        fputc('"', f);
-        for (; *s; s++) {
-                unsigned char ch = (unsigned char) *s;
-                if (ch == '"' || ch == '\\')
-                        fprintf(f, "\\%c", ch);
-                else if (ch < 0x20)
-                        fprintf(f, "\\u%04x", ch);
-                else
-                        fputc(ch, f);
-        }
-        fputc('"', f);
-}
-
 /* Column width: the longest entry, or the header. */
 static int width_of(const IpAddr *const *addrs, unsigned n, bool prefix, int header) {
         char a[IPADDR_STR_MAX];
@@ -249,54 +235,97 @@ static void json_report(const Snapshot *s, FILE *f) {
         const StatusSources *src = s->src;
         const ChildCounters *c = &s->counters;
         char a[IPADDR_STR_MAX], t[64];
+        JsonWriter j;
 
-        fprintf(f, "{\"version\":\"%s\",\"pid\":%d,\"uptime_usec\":%" PRIu64 ",", PACKAGE_VERSION, (int) getpid(),
-                s->now - src->started_monotonic);
+        json_init(&j, f, false);
+        json_object_open(&j, NULL);
+        json_str(&j, "version", PACKAGE_VERSION);
+        json_i64(&j, "pid", getpid());
+        json_u64(&j, "uptime_usec", s->now - src->started_monotonic);
         format_time(src->started_realtime, t, sizeof(t));
-        fprintf(f, "\"started\":\"%s\",\"config\":{\"path\":", t);
-        json_string(f, src->config->path);
+        json_str(&j, "started", t);
+
+        json_object_open(&j, "config");
+        json_str(&j, "path", src->config->path);
         format_time(src->loaded_realtime, t, sizeof(t));
-        fprintf(f, ",\"loaded\":\"%s\",\"reloads\":%u,\"effective\":", t, src->reloads);
-        json_string(f, s->effective);
-        fprintf(f, "},\"spawner\":{\"pid\":%d,\"restarts\":%u,\"retiring\":%u,\"queued\":%u,\"in_flight\":%u},",
-                (int) s->spawner.pid, s->spawner.restarts, s->spawner.retiring, s->spawner.queued,
-                s->spawner.in_flight);
-        fprintf(f, "\"listeners\":[");
+        json_str(&j, "loaded", t);
+        json_unsigned(&j, "reloads", src->reloads);
+        json_str(&j, "effective", s->effective);
+        json_object_close(&j);
+
+        json_object_open(&j, "spawner");
+        json_i64(&j, "pid", s->spawner.pid);
+        json_unsigned(&j, "restarts", s->spawner.restarts);
+        json_unsigned(&j, "retiring", s->spawner.retiring);
+        json_unsigned(&j, "queued", s->spawner.queued);
+        json_unsigned(&j, "in_flight", s->spawner.in_flight);
+        json_object_close(&j);
+
+        json_array_open(&j, "listeners");
         for (unsigned i = 0; i < s->n_listeners; i++) {
                 const Listener *l = s->listeners[i];
-                fprintf(f, "%s{\"address\":\"%s\",\"port\":%u,\"socket\":\"%s\",\"proxy\":%s}", i ? "," : "",
-                        ipaddr_format_host(&l->bound, a), l->bound.port, l->activated ? "activated" : "bound",
-                        l->proxy ? "true" : "false");
+                json_object_open(&j, NULL);
+                json_str(&j, "address", ipaddr_format_host(&l->bound, a));
+                json_unsigned(&j, "port", l->bound.port);
+                json_str(&j, "socket", l->activated ? "activated" : "bound");
+                json_bool(&j, "proxy", l->proxy);
+                json_object_close(&j);
         }
-        fprintf(f, "],\"totals\":{\"accepted\":%" PRIu64 ",\"active\":%u,\"pending\":%u,\"peak\":%u,\"max\":%u,"
-                   "\"queued\":%u,\"refused\":%" PRIu64 ",\"closed\":%" PRIu64 ",\"crashed\":%" PRIu64
-                   ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 "},",
-                c->accepted, children_active(src->children), children_pending(src->children), c->peak,
-                s->max_connections, s->queued, s->refused_total, c->closed, c->crashed, s->bytes_in, s->bytes_out);
-        fprintf(f, "\"refused\":{");
+        json_array_close(&j);
+
+        json_object_open(&j, "totals");
+        json_u64(&j, "accepted", c->accepted);
+        json_unsigned(&j, "active", children_active(src->children));
+        json_unsigned(&j, "pending", children_pending(src->children));
+        json_unsigned(&j, "peak", c->peak);
+        json_unsigned(&j, "max", s->max_connections);
+        json_unsigned(&j, "queued", s->queued);
+        json_u64(&j, "refused", s->refused_total);
+        json_u64(&j, "closed", c->closed);
+        json_u64(&j, "crashed", c->crashed);
+        json_u64(&j, "bytes_in", s->bytes_in);
+        json_u64(&j, "bytes_out", s->bytes_out);
+        json_object_close(&j);
+
+        json_object_open(&j, "refused");
         for (int i = 1; i < _REFUSE_MAX; i++)
-                fprintf(f, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", refusal_name((Refusal) i), s->refused[i]);
-        fprintf(f, "},\"connections\":[");
+                json_u64(&j, refusal_name((Refusal) i), s->refused[i]);
+        json_object_close(&j);
+
+        json_array_open(&j, "connections");
         for (unsigned i = 0; i < s->n_live; i++) {
                 const Live *l = &s->live[i];
-                fprintf(f, "%s{\"pid\":%d,\"peer\":\"%s\"", i ? "," : "", (int) l->child.pid,
-                        ipaddr_format_endpoint(&l->child.peer, a));
+                json_object_open(&j, NULL);
+                json_i64(&j, "pid", l->child.pid);
+                json_str(&j, "peer", ipaddr_format_endpoint(&l->child.peer, a));
                 if (l->child.proxied)
-                        fprintf(f, ",\"via\":\"%s\"", ipaddr_format_endpoint(&l->child.via, a));
-                fprintf(f, ",\"age_usec\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
-                           ",\"idle_usec\":%" PRIu64 "}",
-                        s->now - l->child.start_usec, l->in, l->out, l->idle_usec);
+                        json_str(&j, "via", ipaddr_format_endpoint(&l->child.via, a));
+                json_u64(&j, "age_usec", s->now - l->child.start_usec);
+                json_u64(&j, "bytes_in", l->in);
+                json_u64(&j, "bytes_out", l->out);
+                json_u64(&j, "idle_usec", l->idle_usec);
+                json_object_close(&j);
         }
-        fprintf(f, "],\"top_sources_active\":[");
-        for (unsigned i = 0; i < s->n_top_active; i++)
-                fprintf(f, "%s{\"source\":\"%s\",\"active\":%u}", i ? "," : "",
-                        ipaddr_format_prefix(&s->top_active[i].source, a), s->top_active[i].count);
-        fprintf(f, "],\"top_sources_refused\":[");
-        for (unsigned i = 0; i < s->refused_sources.n && i < TOP_SOURCES; i++)
-                fprintf(f, "%s{\"source\":\"%s\",\"refused\":%" PRIu64 "}", i ? "," : "",
-                        ipaddr_format_prefix(&s->refused_sources.items[i].source, a),
-                        s->refused_sources.items[i].count);
-        fprintf(f, "]}\n");
+        json_array_close(&j);
+
+        json_array_open(&j, "top_sources_active");
+        for (unsigned i = 0; i < s->n_top_active; i++) {
+                json_object_open(&j, NULL);
+                json_str(&j, "source", ipaddr_format_prefix(&s->top_active[i].source, a));
+                json_unsigned(&j, "active", s->top_active[i].count);
+                json_object_close(&j);
+        }
+        json_array_close(&j);
+
+        json_array_open(&j, "top_sources_refused");
+        for (unsigned i = 0; i < s->refused_sources.n && i < TOP_SOURCES; i++) {
+                json_object_open(&j, NULL);
+                json_str(&j, "source", ipaddr_format_prefix(&s->refused_sources.items[i].source, a));
+                json_u64(&j, "refused", s->refused_sources.items[i].count);
+                json_object_close(&j);
+        }
+        json_array_close(&j);
+        json_object_close(&j);
 }
 
 int status_report(const StatusSources *src, StatusFormat format, unsigned max_live, char **ret, size_t *ret_len) {

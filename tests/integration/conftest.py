@@ -417,3 +417,12 @@ def proc_status(pid):
             k, _, v = line.partition(":")
             out[k] = v.strip()
     return out
+
+
+def clean_env():
+    """Our environment minus anything that would make echod think a service manager runs it."""
+    env = sanitizer_env(dict(os.environ))
+    for k in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM",
+              "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(k, None)
+    return env

@@ -8,9 +8,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 
-from conftest import ECHOD, base_config, connect, connect_from, free_port, ping, refused, wait_until
+from conftest import ECHOD, Echod, base_config, connect, connect_from, ping, refused, wait_until
 
 
 def status_json(e):
@@ -27,12 +26,7 @@ def title(pid):
         return ""
 
 
-def kids(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
+kids = Echod._kids
 
 
 def spawners(e):
@@ -196,4 +190,27 @@ def test_regrouping_counts_connections_not_started_yet(echod_factory):
     assert refused(third)
     e.wait_log(r"per-source \(max_per_source=2 reached for 127\.0\.0\.0/24\)")
     for s in pending + [third]:
+        s.close()
+
+
+def test_stop_with_a_stopped_spawner_ends_within_shutdown_timeout(echod_factory):
+    """A spawner that is stopped cannot pass SIGTERM or SIGKILL on: at shutdown_timeout the master
+    kills it, adopts its children, kills them, and exits."""
+    e, _ = start(echod_factory, shutdown_timeout=1)
+    held = [connect(e.endpoint()) for _ in range(3)]
+    for s in held:
+        assert ping(s)
+    kids_before = workers(e)
+    os.kill(e.spawner(), signal.SIGSTOP)
+    e.proc.send_signal(signal.SIGTERM)
+    e.proc.wait(timeout=1 + 5)  # shutdown_timeout, and a bound for the kills and reaps
+    assert e.proc.returncode == 0, e.log()
+    for pid in kids_before:
+        assert not os.path.exists(f"/proc/{pid}") or title(pid) == "", pid
+    for s in held:
+        s.settimeout(5)
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
         s.close()

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import (ECHOD, ROOT, base_config, connect, echo_roundtrip, free_port, ping, proc_status,
-                      sanitizer_env, wait_until)
+                      clean_env, wait_until)
 
 GOOD_CONFIGS = [os.path.join(ROOT, "conf", "echod.conf")] + sorted(
     glob.glob(os.path.join(ROOT, "tests", "configs", "good", "*.conf")))
@@ -28,15 +28,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (privilege
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-def clean_env():
-    """Our environment minus anything that would make echod think a service manager runs it."""
-    env = sanitizer_env(dict(os.environ))
-    for k in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM",
-              "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(k, None)
-    return env
-
 
 def run_echod(*args, timeout=15):
     return subprocess.run([ECHOD, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,

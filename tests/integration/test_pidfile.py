@@ -9,17 +9,9 @@ import subprocess
 
 import pytest
 
-from conftest import ECHOD, base_config, free_port, sanitizer_env, wait_until
+from conftest import ECHOD, base_config, clean_env, free_port, wait_until
 
 PRECIOUS = "root:x:0:0:precious content that must survive\n"
-
-
-def clean_env():
-    env = sanitizer_env(dict(os.environ))
-    for k in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM",
-              "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(k, None)
-    return env
 
 
 def gone(pid):

@@ -132,9 +132,12 @@ def test_sandbox_change_at_reload_hands_over_to_a_new_spawner(echod_factory):
     held.close()
     e.wait_log(rf"closed: clean, 50004 bytes in, 50004 bytes out, [\d.]+ s, pid {old_child}")
     # and on again
+    off_spawner = e.spawner()
     e.write_config(base_config(sandbox="true"))
     e.reload()
     e.wait_log(r"started a new echod-spawner \(pid \d+, sandbox on\)")
+    # the one it replaces finishes what it was handed, then exits; its children go on
+    e.wait_log(rf"echod-spawner \(pid {off_spawner}\) retired")
     with connect(e.endpoint()) as s:
         assert ping(s)
         assert proc_status(max(set(e.children()) - {new_child}))["Seccomp"] == "2"
