@@ -14,38 +14,15 @@
 #include "echod/acl.h"
 #include "echod/admit.h"
 #include "echod/log.h"
+#include "echod/proxywait.h"
 #include "echod/ratelimit.h"
+#include "echod/waitqueue.h"
 #include "shared/macro.h"
-#include "shared/proxy.h"
 #include "shared/timeutil.h"
 
 #define ACCEPT_BATCH 64
 #define ACCEPT_BACKOFF_USEC (100 * USEC_PER_MSEC)
-#define PROXY_PENDING_MAX 1024
 #define SOURCE_RATES_MAX 65536
-
-/* An accepted connection not yet admitted: waiting for its PROXY header, or queued. */
-typedef struct Conn {
-        Accept *accept;
-        int fd;
-        IpAddr peer;  /* the client: the PROXY header's source, or the socket peer */
-        IpAddr via;   /* the socket peer (the load balancer, if proxied) */
-        bool proxied; /* peer came from a PROXY header */
-        IpAddr local;
-        IpAddr source; /* per-source key, set at the verdict */
-        bool counted;  /* holds a count in the queue's source table */
-        Refusal verdict; /* why it waits */
-        uint64_t deadline;
-        sd_event_source *io, *timer; /* while waiting for a PROXY header */
-        uint8_t *header;             /* ...and the part of it already read */
-        size_t header_len;
-        struct Conn *prev, *next;
-} Conn;
-
-typedef struct ConnList {
-        Conn *head, *tail;
-        unsigned n;
-} ConnList;
 
 struct Accept {
         sd_event *event;
@@ -59,10 +36,8 @@ struct Accept {
         Acl *acl;
         TokenBucket rate;
         RateTable *source_rates;
-        ConnList proxy_pending;
-        ConnList queue; /* at_capacity = queue: up to queue_timeout */
-        ConnList grace; /* otherwise: up to ACCEPT_GRACE_USEC */
-        SourceTable *queued_sources;
+        ProxyWait *proxy;
+        WaitQueue *wait;
         bool queue_full, stopping;
         sd_event_source *backoff_timer, *queue_timer;
         Refusals *refusals;
@@ -76,42 +51,6 @@ struct AcceptPlan {
 };
 
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata);
-
-/* --- lists ----------------------------------------------------------------------------------- */
-
-static void list_append(ConnList *l, Conn *c) {
-        c->prev = l->tail;
-        c->next = NULL;
-        if (l->tail)
-                l->tail->next = c;
-        else
-                l->head = c;
-        l->tail = c;
-        l->n++;
-}
-
-static void list_remove(ConnList *l, Conn *c) {
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                l->head = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
-        else
-                l->tail = c->prev;
-        c->prev = c->next = NULL;
-        l->n--;
-}
-
-static void conn_free(Conn *c) {
-        if (c->counted)
-                source_table_remove(c->accept->queued_sources, &c->source);
-        free(c->header);
-        sd_event_source_disable_unref(c->io);
-        sd_event_source_disable_unref(c->timer);
-        safe_close(c->fd);
-        free(c);
-}
 
 static AdmitLimits limits_of(const Config *c) {
         return (AdmitLimits) {
@@ -142,20 +81,25 @@ static int watch_listener(Accept *a, Listener *l) {
 
 /* --- refusals -------------------------------------------------------------------------------- */
 
-static void refuse(Accept *a, Conn *c, Refusal reason, const char *detail, int error) {
-        refusals_note(a->refusals, reason, &c->peer, &c->via, c->proxied, &c->source, detail, error);
-        conn_free(c);
+/* Refuse fd (closed): count it, log it or summarise it. */
+static void refuse(Accept *a, int fd, const Child *info, Refusal reason, const char *detail) {
+        refusals_note(a->refusals, reason, &info->peer, &info->via, info->proxied, &info->source, detail, 0);
+        safe_close(fd);
 }
 
-static void refuse_verdict(Accept *a, Conn *c, Refusal verdict) {
-        char detail[128], prefix[IPADDR_STR_MAX];
+/* Refuse fd (closed) for a limit: the detail names the limit in force. */
+static void refuse_limit(Accept *a, int fd, const Child *info, Refusal verdict, const char *detail) {
+        char buf[128], prefix[IPADDR_STR_MAX];
 
-        if (verdict == REFUSE_PER_SOURCE)
-                snprintf(detail, sizeof(detail), "max_per_source=%u reached for %s", a->config->max_per_source,
-                         ipaddr_format_prefix(&c->source, prefix));
-        else
-                snprintf(detail, sizeof(detail), "max_connections=%u reached", a->config->max_connections);
-        refuse(a, c, verdict, detail, 0);
+        if (!detail) {
+                if (verdict == REFUSE_PER_SOURCE)
+                        snprintf(buf, sizeof(buf), "max_per_source=%u reached for %s", a->config->max_per_source,
+                                 ipaddr_format_prefix(&info->source, prefix));
+                else
+                        snprintf(buf, sizeof(buf), "max_connections=%u reached", a->config->max_connections);
+                detail = buf;
+        }
+        refuse(a, fd, info, verdict, detail);
 }
 
 void accept_note_refusal(Accept *a, Refusal reason, const Child *info, const char *detail, int error) {
@@ -164,35 +108,20 @@ void accept_note_refusal(Accept *a, Refusal reason, const Child *info, const cha
 
 /* --- admission ------------------------------------------------------------------------------- */
 
-/* Hand c up; refused if no slot could be had. Frees c either way. */
-static void hand_over(Accept *a, Conn *c) {
-        Child info = { .proxied = c->proxied, .peer = c->peer, .via = c->via, .local = c->local,
-                       .source = c->source };
-
-        if (c->counted) {
-                source_table_remove(a->queued_sources, &c->source);
-                c->counted = false;
-        }
-        if (a->cb.admit(a->userdata, c->fd, &info) < 0) {
-                refuse_verdict(a, c, REFUSE_CAPACITY);
-                return;
-        }
-        c->fd = -1; /* taken */
-        conn_free(c);
+/* Hand an admitted connection up; refused if no slot could be had. Takes fd. */
+static void hand_over(Accept *a, int fd, const Child *info) {
+        if (a->cb.admit(a->userdata, fd, info) < 0)
+                refuse_limit(a, fd, info, REFUSE_CAPACITY, NULL);
 }
 
-static int on_queue_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+static int on_wait_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         accept_run_queue(userdata);
         return 0;
 }
 
-static void queue_arm_timer(Accept *a) {
-        uint64_t when = UINT64_MAX;
+static void wait_arm_timer(Accept *a) {
+        uint64_t when = wait_next_deadline(a->wait);
 
-        if (a->queue.head)
-                when = a->queue.head->deadline;
-        if (a->grace.head)
-                when = MIN(when, a->grace.head->deadline);
         if (when == UINT64_MAX) {
                 if (a->queue_timer)
                         (void) sd_event_source_set_enabled(a->queue_timer, SD_EVENT_OFF);
@@ -200,15 +129,16 @@ static void queue_arm_timer(Accept *a) {
         }
         if (!a->queue_timer)
                 (void) sd_event_add_time(a->event, &a->queue_timer, CLOCK_MONOTONIC, when, USEC_PER_MSEC,
-                                         on_queue_timer, a);
+                                         on_wait_timer, a);
         else {
                 (void) sd_event_source_set_time(a->queue_timer, when);
                 (void) sd_event_source_set_enabled(a->queue_timer, SD_EVENT_ONESHOT);
         }
 }
 
+/* A full queue pauses the listeners: the kernel's backlog holds the rest. */
 static void queue_update_full(Accept *a) {
-        bool full = a->queue.n >= a->config->backlog;
+        bool full = wait_count(a->wait, WAIT_QUEUE) >= a->config->backlog;
 
         if (full != a->queue_full) {
                 a->queue_full = full;
@@ -216,110 +146,88 @@ static void queue_update_full(Accept *a) {
         }
 }
 
-/* Queue c until deadline. Returns false if there is no room (then c is untouched). */
-static bool enqueue(Accept *a, ConnList *l, Conn *c, Refusal verdict, uint64_t deadline) {
-        if (l == &a->grace && l->n >= ACCEPT_GRACE_MAX)
+/* Let fd wait in lane until deadline; takes it. Returns false if there is no room (fd untouched). */
+static bool wait_for_slot(Accept *a, WaitLane lane, int fd, const Child *info, Refusal verdict, uint64_t now,
+                          uint64_t deadline) {
+        if (!wait_add(a->wait, lane, fd, info, verdict, now, deadline))
                 return false;
-        c->verdict = verdict;
-        c->deadline = deadline;
-        c->counted = source_table_add(a->queued_sources, &c->source) >= 0;
-        list_append(l, c);
-        queue_arm_timer(a);
+        wait_arm_timer(a);
         queue_update_full(a);
         return true;
 }
 
-static void admit(Accept *a, Conn *c) {
+/* The verdict on a connection whose client is known (info->peer). Takes fd. */
+static void admit(Accept *a, int fd, Child *info) {
         const Config *cfg = a->config;
         AdmitLimits limits = limits_of(cfg);
         uint64_t now = now_usec();
         char detail[128], prefix[IPADDR_STR_MAX];
 
-        if (!acl_allows(a->acl, &c->peer)) {
-                refuse(a, c, REFUSE_ACL, "denied by allow/deny", 0);
+        if (!acl_allows(a->acl, &info->peer)) {
+                refuse(a, fd, info, REFUSE_ACL, "denied by allow/deny");
                 return;
         }
-        admit_source_key(&c->peer, &limits, &c->source);
+        admit_source_key(&info->peer, &limits, &info->source);
         if (cfg->per_source_rate > 0 &&
-            !rate_table_take(a->source_rates, &c->source, cfg->per_source_rate,
+            !rate_table_take(a->source_rates, &info->source, cfg->per_source_rate,
                              config_burst(cfg->per_source_rate, cfg->per_source_burst), now)) {
                 snprintf(detail, sizeof(detail), "per_source_rate=%g/s exceeded for %s", cfg->per_source_rate,
-                         ipaddr_format_prefix(&c->source, prefix));
-                refuse(a, c, REFUSE_PER_SOURCE_RATE, detail, 0);
+                         ipaddr_format_prefix(&info->source, prefix));
+                refuse(a, fd, info, REFUSE_PER_SOURCE_RATE, detail);
                 return;
         }
         if (cfg->connection_rate > 0 &&
             !token_bucket_take(&a->rate, cfg->connection_rate, config_burst(cfg->connection_rate, cfg->connection_burst),
                                now)) {
                 snprintf(detail, sizeof(detail), "connection_rate=%g/s exceeded", cfg->connection_rate);
-                refuse(a, c, REFUSE_RATE, detail, 0);
+                refuse(a, fd, info, REFUSE_RATE, detail);
                 return;
         }
 
-        /* those already waiting go first, and a source's queued connections count for it */
-        unsigned busy = children_active(a->children) + a->queue.n + a->grace.n;
-        unsigned from_source = limits.max_per_source > 0 ? children_source_count(a->children, &c->source) +
-                                                                   source_table_count(a->queued_sources, &c->source)
-                                                         : 0;
+        /* those already waiting go first, and a source's waiting connections count for it */
+        unsigned busy = children_active(a->children) + wait_total(a->wait);
+        unsigned from_source = children_source_count(a->children, &info->source) +
+                               wait_source_count(a->wait, &info->source);
         Refusal verdict = admit_counts(&limits, busy, from_source);
-        if (verdict == ADMIT_OK) {
-                hand_over(a, c);
+        if (verdict == ADMIT_OK)
+                hand_over(a, fd, info);
+        else if (verdict == REFUSE_CAPACITY && cfg->at_capacity == AT_CAPACITY_QUEUE && !a->queue_full &&
+                 wait_for_slot(a, WAIT_QUEUE, fd, info, verdict, now,
+                               now + (uint64_t) cfg->queue_timeout * USEC_PER_SEC))
                 return;
-        }
-        if (verdict == REFUSE_CAPACITY && cfg->at_capacity == AT_CAPACITY_QUEUE && !a->queue_full &&
-            enqueue(a, &a->queue, c, verdict, now + (uint64_t) cfg->queue_timeout * USEC_PER_SEC))
-                return;
-        if (enqueue(a, &a->grace, c, verdict, now + ACCEPT_GRACE_USEC))
-                return;
-        refuse_verdict(a, c, verdict);
+        else if (!wait_for_slot(a, WAIT_GRACE, fd, info, verdict, now, now + ACCEPT_GRACE_USEC))
+                refuse_limit(a, fd, info, verdict, NULL);
 }
 
-/* Admit from l in order while there is room; refuse what has waited until its deadline. A
- * connection held back by its own source's limit does not hold back the others. */
-static void run_list(Accept *a, ConnList *l, uint64_t now) {
-        AdmitLimits limits = limits_of(a->config);
-        bool full = false;
+/* --- the wait queue's callbacks -------------------------------------------------------------- */
 
-        for (Conn *c = l->head, *next; c; c = next) {
-                next = c->next;
-                if (now >= c->deadline) {
-                        list_remove(l, c);
-                        if (l == &a->queue) {
-                                char detail[64];
-                                snprintf(detail, sizeof(detail), "waited queue_timeout=%u s", a->config->queue_timeout);
-                                refuse(a, c, REFUSE_CAPACITY, detail, 0);
-                        } else
-                                refuse_verdict(a, c, c->verdict);
-                        continue;
-                }
-                if (full || a->stopping)
-                        continue;
-                unsigned from_source = limits.max_per_source > 0 ? children_source_count(a->children, &c->source) : 0;
-                Refusal verdict = admit_counts(&limits, children_active(a->children), from_source);
-                if (verdict == ADMIT_OK) {
-                        list_remove(l, c);
-                        hand_over(a, c);
-                } else if (verdict == REFUSE_CAPACITY)
-                        full = true; /* nobody else fits either; only deadlines are left to check */
-        }
+static Refusal on_wait_verdict(void *userdata, const Child *info) {
+        Accept *a = userdata;
+        AdmitLimits limits = limits_of(a->config);
+
+        return admit_counts(&limits, children_active(a->children), children_source_count(a->children, &info->source));
+}
+
+static void on_wait_admit(void *userdata, int fd, const Child *info) {
+        hand_over(userdata, fd, info);
+}
+
+static void on_wait_expire(void *userdata, int fd, const Child *info, WaitLane lane, Refusal verdict) {
+        Accept *a = userdata;
+        char detail[64];
+
+        if (lane == WAIT_QUEUE && a->config->at_capacity == AT_CAPACITY_REFUSE)
+                refuse_limit(a, fd, info, REFUSE_CAPACITY, "at_capacity is now refuse");
+        else if (lane == WAIT_QUEUE) {
+                snprintf(detail, sizeof(detail), "waited queue_timeout=%u s", a->config->queue_timeout);
+                refuse_limit(a, fd, info, REFUSE_CAPACITY, detail);
+        } else
+                refuse_limit(a, fd, info, verdict, NULL);
 }
 
 void accept_run_queue(Accept *a) {
-        uint64_t now = now_usec();
-
-        if (!a->queue.head && !a->grace.head)
-                return;
-        /* the older list first: both are in arrival order */
-        if (a->grace.head && (!a->queue.head || a->grace.head->deadline - ACCEPT_GRACE_USEC <=
-                                                        a->queue.head->deadline -
-                                                                (uint64_t) a->config->queue_timeout * USEC_PER_SEC)) {
-                run_list(a, &a->grace, now);
-                run_list(a, &a->queue, now);
-        } else {
-                run_list(a, &a->queue, now);
-                run_list(a, &a->grace, now);
-        }
-        queue_arm_timer(a);
+        wait_run(a->wait, now_usec(), !a->stopping);
+        wait_arm_timer(a);
         queue_update_full(a);
 }
 
@@ -332,122 +240,13 @@ static bool proxy_trusted(const Config *cfg, const IpAddr *sender) {
         return false;
 }
 
-/* Read the header without ever taking a payload byte: peek at what arrived and parse it after
- * what we hold. Complete: consume exactly the rest of the header. A valid but incomplete prefix
- * is all header, so it is consumed into c->header — otherwise the socket would stay readable
- * and a level-triggered wait would spin on the same bytes.
- * Returns 1 done, 0 need more, or a negative error for the refusal. */
-static int proxy_read_header(Conn *c) {
-        uint8_t buf[PROXY_PARSE_MAX];
-        ProxyHeader h;
-        ssize_t n, r;
-
-        if (c->header_len > 0)
-                memcpy(buf, c->header, c->header_len);
-        n = recv(c->fd, buf + c->header_len, sizeof(buf) - c->header_len, MSG_PEEK | MSG_DONTWAIT);
-        if (n < 0)
-                return errno == EAGAIN || errno == EINTR ? 0 : negative_errno();
-        if (n == 0)
-                return -ECONNRESET;
-        r = proxy_header_parse(buf, c->header_len + (size_t) n, &h);
-        if (r < 0)
-                return (int) r;
-        if (r == 0) {
-                if (!c->header && !(c->header = malloc(PROXY_PARSE_MAX)))
-                        return -ENOMEM;
-                if (recv(c->fd, c->header + c->header_len, (size_t) n, MSG_DONTWAIT) != n)
-                        return -EIO;
-                c->header_len += (size_t) n;
-                return 0;
-        }
-        size_t rest = (size_t) r - c->header_len;
-        if (rest > 0 && recv(c->fd, buf, rest, MSG_DONTWAIT) != (ssize_t) rest)
-                return -EIO;
-        c->header = mfree(c->header);
-        c->header_len = 0;
-        if (h.command == PROXY_CMD_PROXY && h.has_addresses) {
-                c->peer = h.src;
-                c->proxied = true;
-        }
-        return 1;
+static void on_proxy_done(void *userdata, int fd, const Child *info) {
+        Child c = *info;
+        admit(userdata, fd, &c);
 }
 
-static const char *proxy_error_detail(int r) {
-        switch (r) {
-        case -ECONNRESET:
-                return "connection closed before the header";
-        case -EBADMSG:
-        case -E2BIG:
-        case -EPROTONOSUPPORT:
-        case -EAFNOSUPPORT:
-                return "malformed header";
-        default:
-                return "error reading the header";
-        }
-}
-
-static void proxy_done_waiting(Accept *a, Conn *c) {
-        list_remove(&a->proxy_pending, c);
-        c->io = sd_event_source_disable_unref(c->io);
-        c->timer = sd_event_source_disable_unref(c->timer);
-}
-
-static int on_proxy_readable(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Conn *c = userdata;
-        Accept *a = c->accept;
-        int r = proxy_read_header(c);
-
-        if (r == 0)
-                return 0;
-        proxy_done_waiting(a, c);
-        if (r < 0)
-                refuse(a, c, REFUSE_PROXY, proxy_error_detail(r), 0);
-        else
-                admit(a, c);
-        return 0;
-}
-
-static int on_proxy_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        Conn *c = userdata;
-        Accept *a = c->accept;
-        char detail[64];
-
-        proxy_done_waiting(a, c);
-        snprintf(detail, sizeof(detail), "no header within %u s", a->config->proxy_timeout);
-        refuse(a, c, REFUSE_PROXY, detail, 0);
-        return 0;
-}
-
-static void proxy_start(Accept *a, Conn *c) {
-        int r;
-
-        if (!proxy_trusted(a->config, &c->via)) {
-                refuse(a, c, REFUSE_PROXY, "untrusted sender", 0);
-                return;
-        }
-        r = proxy_read_header(c); /* usually the header came with the handshake's first segment */
-        if (r > 0) {
-                admit(a, c);
-                return;
-        }
-        if (r < 0) {
-                refuse(a, c, REFUSE_PROXY, proxy_error_detail(r), 0);
-                return;
-        }
-        if (a->proxy_pending.n >= PROXY_PENDING_MAX) {
-                refuse(a, c, REFUSE_PROXY, "too many connections waiting for a header", 0);
-                return;
-        }
-        r = sd_event_add_io(a->event, &c->io, c->fd, EPOLLIN, on_proxy_readable, c);
-        if (r >= 0)
-                r = sd_event_add_time_relative(a->event, &c->timer, CLOCK_MONOTONIC,
-                                               (uint64_t) a->config->proxy_timeout * USEC_PER_SEC,
-                                               USEC_PER_MSEC * 10, on_proxy_timeout, c);
-        if (r < 0) {
-                refuse(a, c, REFUSE_PROXY, NULL, r);
-                return;
-        }
-        list_append(&a->proxy_pending, c);
+static void on_proxy_failed(void *userdata, int fd, const Child *info, const char *why) {
+        refuse(userdata, fd, info, REFUSE_PROXY, why);
 }
 
 /* --- accept ---------------------------------------------------------------------------------- */
@@ -473,24 +272,19 @@ static void accept_backoff(Accept *a, int error) {
 }
 
 static void handle_connection(Accept *a, Listener *l, int fd, const SockAddr *sa, socklen_t len) {
-        Conn *c = calloc(1, sizeof(Conn));
+        Child info = { .local = l->bound };
 
-        if (!c) {
+        if (ipaddr_from_sockaddr(&sa->sa, len, &info.peer) < 0) {
                 safe_close(fd);
                 return;
         }
-        c->accept = a;
-        c->fd = fd;
-        c->local = l->bound;
-        if (ipaddr_from_sockaddr(&sa->sa, len, &c->peer) < 0) {
-                conn_free(c);
-                return;
-        }
-        c->via = c->peer;
-        if (l->proxy)
-                proxy_start(a, c);
+        info.via = info.peer;
+        if (!l->proxy)
+                admit(a, fd, &info);
+        else if (!proxy_trusted(a->config, &info.via))
+                refuse(a, fd, &info, REFUSE_PROXY, "untrusted sender");
         else
-                admit(a, c);
+                proxy_wait_start(a->proxy, fd, &info, (uint64_t) a->config->proxy_timeout * USEC_PER_SEC);
 }
 
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
@@ -604,18 +398,6 @@ int accept_prepare(Accept *a, const Config *c, AcceptPlan **ret, char **ret_erro
         return 0;
 }
 
-/* Re-key the queued connections' per-source counts under the grouping in force. */
-static void regroup_queue(Accept *a) {
-        AdmitLimits limits = limits_of(a->config);
-
-        source_table_clear(a->queued_sources);
-        for (ConnList *l = &a->queue; l; l = l == &a->queue ? &a->grace : NULL)
-                for (Conn *c = l->head; c; c = c->next) {
-                        admit_source_key(&c->peer, &limits, &c->source);
-                        c->counted = source_table_add(a->queued_sources, &c->source) >= 0;
-                }
-}
-
 void accept_commit(Accept *a, AcceptPlan *p, AcceptChanges *ret) {
         const Config *old = a->config;
 
@@ -644,17 +426,13 @@ void accept_commit(Accept *a, AcceptPlan *p, AcceptChanges *ret) {
         }
         if (old && (old->source_prefix_v4 != a->config->source_prefix_v4 ||
                     old->source_prefix_v6 != a->config->source_prefix_v6))
-                regroup_queue(a);
+                wait_regroup(a->wait, a->config->source_prefix_v4, a->config->source_prefix_v6);
         /* queued connections: the new limits and mode apply at once */
         if (old && a->config->at_capacity == AT_CAPACITY_REFUSE)
-                while (a->queue.head) {
-                        Conn *q = a->queue.head;
-                        list_remove(&a->queue, q);
-                        refuse(a, q, REFUSE_CAPACITY, "at_capacity is now refuse", 0);
-                }
+                (void) wait_expire_lane(a->wait, WAIT_QUEUE);
         free(p);
         update_listeners(a);
-        queue_arm_timer(a);
+        wait_arm_timer(a);
         queue_update_full(a);
 }
 
@@ -675,9 +453,20 @@ int accept_new(sd_event *event, const Children *children, const Config *config, 
         }
         *a = (Accept) { .event = sd_event_ref(event), .children = children, .cb = *cb, .userdata = userdata,
                         .listeners = listeners, .n_listeners = n_listeners, .activated = activated };
+        static const WaitCallbacks wait_cb = {
+                .verdict = on_wait_verdict,
+                .admit = on_wait_admit,
+                .expire = on_wait_expire,
+        };
+        static const ProxyWaitCallbacks proxy_cb = {
+                .done = on_proxy_done,
+                .failed = on_proxy_failed,
+        };
         r = refusals_new(event, &a->refusals);
         if (r >= 0)
-                r = source_table_new(&a->queued_sources);
+                r = wait_queue_new(&wait_cb, a, &a->wait);
+        if (r >= 0)
+                r = proxy_wait_new(event, &proxy_cb, a, &a->proxy);
         for (unsigned i = 0; r >= 0 && i < n_listeners; i++)
                 r = watch_listener(a, listeners[i]);
         /* the first configuration goes in like any reload: its listeners are the ones bound */
@@ -692,15 +481,6 @@ int accept_new(sd_event *event, const Children *children, const Config *config, 
         return 0;
 }
 
-static void drop_list(ConnList *l, unsigned *n) {
-        while (l->head) {
-                Conn *c = l->head;
-                list_remove(l, c);
-                conn_free(c);
-                (*n)++;
-        }
-}
-
 unsigned accept_stop(Accept *a) {
         unsigned n = 0;
 
@@ -708,10 +488,12 @@ unsigned accept_stop(Accept *a) {
         for (unsigned i = 0; i < a->n_listeners; i++)
                 listener_free(a->listeners[i]);
         a->n_listeners = 0;
-        drop_list(&a->proxy_pending, &n);
-        drop_list(&a->queue, &n);
-        drop_list(&a->grace, &n);
-        queue_arm_timer(a);
+        if (a->proxy)
+                n += proxy_wait_drop(a->proxy);
+        if (a->wait)
+                n += wait_drop(a->wait);
+        if (a->queue_timer)
+                (void) sd_event_source_set_enabled(a->queue_timer, SD_EVENT_OFF);
         return n;
 }
 
@@ -724,7 +506,8 @@ Accept *accept_free(Accept *a) {
         sd_event_source_disable_unref(a->queue_timer);
         acl_free(a->acl);
         rate_table_free(a->source_rates);
-        source_table_free(a->queued_sources);
+        wait_queue_free(a->wait);
+        proxy_wait_free(a->proxy);
         refusals_free(a->refusals);
         sd_event_unref(a->event);
         free(a);
@@ -737,11 +520,7 @@ Listener *const *accept_listeners(const Accept *a, unsigned *ret_n) {
 }
 
 unsigned accept_queued(const Accept *a) {
-        return a->queue.n + a->grace.n;
-}
-
-unsigned accept_proxy_pending(const Accept *a) {
-        return a->proxy_pending.n;
+        return wait_total(a->wait);
 }
 
 const Refusals *accept_refusals(const Accept *a) {
@@ -749,24 +528,5 @@ const Refusals *accept_refusals(const Accept *a) {
 }
 
 int accept_check(const Accept *a, const char **ret_what) {
-        unsigned counted = 0, by_source = 0, n;
-        size_t pos = 0;
-        const void *key;
-        int32_t v;
-
-        for (const ConnList *l = &a->queue; l; l = l == &a->queue ? &a->grace : NULL)
-                for (const Conn *c = l->head; c; c = c->next)
-                        counted += c->counted;
-        while (source_table_next(a->queued_sources, &pos, &key, &v))
-                by_source += (unsigned) v;
-        n = a->queue.n + a->grace.n;
-        if (by_source != counted || counted != n) {
-                *ret_what = "queued per-source counts do not sum to the queued connections";
-                return -EUCLEAN;
-        }
-        if (a->grace.n > ACCEPT_GRACE_MAX) {
-                *ret_what = "more connections in the grace wait than ACCEPT_GRACE_MAX";
-                return -EUCLEAN;
-        }
-        return 0;
+        return wait_check(a->wait, ret_what);
 }

@@ -1,19 +1,17 @@
-/* From accept() to admission: listeners, PROXY headers, the verdict, the wait queue, refusals.
+/* From accept() to admission: listeners, PROXY headers, the verdict, refusals.
  *
- * Owns: the listening sockets in use and their event sources; every connection not yet admitted
- * (waiting for its PROXY header, or in the wait queue) and the per-source counts of the queued
- * ones; the access list and rate state of the configuration in force; the refusals
- * (refusals.h). Reads the counts of admitted connections from Children, never scanning; an
- * admitted connection goes up through AcceptCallbacks.admit, which takes its fd.
+ * Owns: the listening sockets in use and their event sources; the connections waiting for their
+ * PROXY header; the wait queue (waitqueue.h: connections over a limit, waiting for a slot); the
+ * access list and rate state of the configuration in force; the refusals (refusals.h). Reads the
+ * counts of admitted connections from Children, never scanning; an admitted connection goes up
+ * through AcceptCallbacks.admit, which takes its fd.
  *
- * The wait queue holds connections that found the service full: with at_capacity = queue, for up
- * to queue_timeout; otherwise for a short grace (ACCEPT_GRACE_USEC) in case a connection ending
- * right now frees the slot — a client that reconnects the moment it has our FIN finds its old
- * connection's process still exiting, and that process counts until it is gone.
- * accept_run_queue() admits from the queue; the owner calls it after an event batch, never from
- * inside an admission.
- *
- * Invariants (accept_check()): the queued per-source counts sum to the queued connections. */
+ * A connection over max_connections waits, with at_capacity = queue, up to queue_timeout;
+ * otherwise, like one over max_per_source, up to ACCEPT_GRACE_USEC (WAIT_GRACE_MAX at most at
+ * once), in case a connection ending right now frees the slot: a client that reconnects the
+ * moment it has our FIN finds its old connection's process still exiting, and that process counts
+ * until it is gone. accept_run_queue() admits from the wait queue; the owner calls it after an
+ * event batch, never from inside an admission. */
 #pragma once
 
 #include <stdbool.h>
@@ -26,8 +24,6 @@
 #include "shared/timeutil.h"
 
 #define ACCEPT_GRACE_USEC (100 * USEC_PER_MSEC)
-/* connections held for the grace at once; beyond it a refusal is immediate */
-#define ACCEPT_GRACE_MAX 64
 
 typedef struct AcceptCallbacks {
         /* Admit the connection: 0 if it took fd, or -errno (no slot): then it is refused. */
@@ -63,7 +59,6 @@ void accept_note_refusal(Accept *a, Refusal reason, const Child *info, const cha
 
 Listener *const *accept_listeners(const Accept *a, unsigned *ret_n);
 unsigned accept_queued(const Accept *a);
-unsigned accept_proxy_pending(const Accept *a);
 const Refusals *accept_refusals(const Accept *a);
 
 int accept_check(const Accept *a, const char **ret_what);

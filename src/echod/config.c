@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "echod/config-text.h"
+#include "echod/config-values.h"
 #include "shared/macro.h"
 
 /* One table holds every key: its type, default and range. Defaults live here and nowhere else. */
@@ -109,46 +110,6 @@ _printf_(2, 0) static void confuse_error(cfg_t *cfg, const char *fmt, va_list ap
         parse_error_at(cfg->line, "%s", msg);
 }
 
-/* Expand "*:P" into 0.0.0.0:P and [::]:P; returns the count. */
-static unsigned endpoint_expand(const IpAddr *a, bool wildcard, IpAddr out[2]) {
-        out[0] = *a;
-        if (!wildcard)
-                return 1;
-        out[1] = (IpAddr) { .family = AF_INET6, .prefixlen = 128, .port = a->port };
-        return 2;
-}
-
-static bool endpoints_overlap(const IpAddr *a, bool wa, const IpAddr *b, bool wb) {
-        IpAddr ea[2], eb[2];
-        unsigned na = endpoint_expand(a, wa, ea), nb = endpoint_expand(b, wb, eb);
-
-        for (unsigned i = 0; i < na; i++)
-                for (unsigned j = 0; j < nb; j++)
-                        if (ipaddr_equal(&ea[i], &eb[j]))
-                                return true;
-        return false;
-}
-
-/* "ADDRESS:PORT" optionally followed by " proxy". */
-static int parse_listen_entry(const char *s, IpAddr *ret, bool *ret_wildcard, bool *ret_proxy) {
-        char buf[128];
-        const char *sp = strchr(s, ' ');
-        size_t len = sp ? (size_t) (sp - s) : strlen(s);
-
-        if (len >= sizeof(buf))
-                return -EINVAL;
-        memcpy(buf, s, len);
-        buf[len] = 0;
-        *ret_proxy = false;
-        if (sp) {
-                sp += strspn(sp, " ");
-                if (!streq(sp, "proxy"))
-                        return -EINVAL;
-                *ret_proxy = true;
-        }
-        return ipaddr_parse_endpoint(buf, ret, ret_wildcard);
-}
-
 static int validate_listen(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
         /* called once per element as the list grows: check the newest one */
         const char *s = cfg_opt_getnstr(opt, n - 1);
@@ -159,7 +120,7 @@ static int validate_listen(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
                 parse_error_at(cfg->line, "listen: more than %d addresses", CONFIG_MAX_LISTEN);
                 return -1;
         }
-        if (parse_listen_entry(s, &a, &wildcard, &proxy) < 0) {
+        if (config_parse_listen_entry(s, &a, &wildcard, &proxy) < 0) {
                 parse_error_at(cfg->line,
                                "listen: '%s' is not a numeric ADDRESS:PORT, optionally followed by \" proxy\" "
                                "(e.g. \"0.0.0.0:7\", \"[::]:7\", \"*:7\", \"127.0.0.1:7007 proxy\")",
@@ -169,8 +130,8 @@ static int validate_listen(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
         for (unsigned i = 0; i + 1 < n; i++) {
                 IpAddr b;
                 bool wb, pb;
-                (void) parse_listen_entry(cfg_opt_getnstr(opt, i), &b, &wb, &pb);
-                if (endpoints_overlap(&a, wildcard, &b, wb)) {
+                (void) config_parse_listen_entry(cfg_opt_getnstr(opt, i), &b, &wb, &pb);
+                if (config_endpoints_overlap(&a, wildcard, &b, wb)) {
                         parse_error_at(cfg->line, "listen: '%s' duplicates '%s'", s, cfg_opt_getnstr(opt, i));
                         return -1;
                 }
@@ -217,44 +178,12 @@ static int validate_cidr(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
  * "0300" would be octal 192 and "0x10" hex 16, and floats with strtod, which takes hex too: its
  * own parsing is replaced by these callbacks, which accept only an optional '-', digits without a
  * leading zero, and for floats a fraction and an exponent. */
-static size_t digits(const char *s) {
-        return strspn(s, "0123456789");
-}
-
-static bool is_decimal(const char *s, bool fraction) {
-        const char *p = s + (*s == '-');
-        size_t n = digits(p);
-
-        if (n == 0 || (p[0] == '0' && n > 1))
-                return false;
-        p += n;
-        if (fraction && *p == '.') {
-                if ((n = digits(++p)) == 0)
-                        return false;
-                p += n;
-        }
-        if (fraction && (*p == 'e' || *p == 'E')) {
-                p++;
-                p += (*p == '+' || *p == '-');
-                if ((n = digits(p)) == 0)
-                        return false;
-                p += n;
-        }
-        return *p == 0;
-}
-
-/* Something meant as a number, but not written in decimal: "0300", "0x10", "+5", ".5". */
-static bool looks_numeric(const char *s) {
-        s += (*s == '+' || *s == '-');
-        return digits(s) > 0 || (s[0] == '.' && digits(s + 1) > 0);
-}
-
 static int parse_int(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result) {
         const Key *k = key_find(opt->name);
         long v;
 
-        if (!value || !is_decimal(value, false)) {
-                if (value && looks_numeric(value))
+        if (!value || !config_is_decimal(value, false)) {
+                if (value && config_looks_numeric(value))
                         parse_error_at(cfg->line,
                                        "%s: '%s' is not a decimal integer (leading zeros and 0x are not accepted)",
                                        opt->name, value);
@@ -277,8 +206,8 @@ static int parse_float(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *resu
         const Key *k = key_find(opt->name);
         double v;
 
-        if (!value || !is_decimal(value, true)) {
-                if (value && looks_numeric(value))
+        if (!value || !config_is_decimal(value, true)) {
+                if (value && config_looks_numeric(value))
                         parse_error_at(cfg->line,
                                        "%s: '%s' is not a decimal number (leading zeros and 0x are not accepted)",
                                        opt->name, value);
@@ -425,7 +354,7 @@ static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
                                 if (!(e->text = strdup(cfg_getnstr(cfg, k->name, j))))
                                         return -ENOMEM;
                                 c->n_listen++;
-                                if (parse_listen_entry(e->text, &e->addr, &e->wildcard, &e->proxy) < 0)
+                                if (config_parse_listen_entry(e->text, &e->addr, &e->wildcard, &e->proxy) < 0)
                                         return -EINVAL; /* validated already */
                         }
                         break;
@@ -673,7 +602,7 @@ unsigned config_listen_addresses(const Config *c, ListenAddr *out, unsigned max)
 
         for (unsigned i = 0; i < c->n_listen; i++) {
                 IpAddr e[2];
-                unsigned ne = endpoint_expand(&c->listen[i].addr, c->listen[i].wildcard, e);
+                unsigned ne = config_endpoint_expand(&c->listen[i].addr, c->listen[i].wildcard, e);
                 for (unsigned j = 0; j < ne && n < max; j++)
                         out[n++] = (ListenAddr) { .addr = e[j], .proxy = c->proxy_protocol || c->listen[i].proxy };
         }

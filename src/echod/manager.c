@@ -232,26 +232,11 @@ static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, voi
 
 /* --- STATUS= and the watchdog ---------------------------------------------------------------- */
 
+static StatusSources sources(const Manager *m);
+
 static void format_status(Manager *m, char *buf, size_t size) {
-        const uint64_t *refused = refusals_counts(accept_refusals(m->accept));
-        const ChildCounters *c = children_counters(m->children);
-        unsigned n_listeners;
-        Listener *const *l = accept_listeners(m->accept, &n_listeners);
-        int n = snprintf(buf, size,
-                         "%u active (peak %u), %u queued, %llu accepted, %llu refused (capacity %llu, "
-                         "per-source %llu, rate %llu, per-source-rate %llu, acl %llu, proxy %llu, fork %llu), "
-                         "%llu crashed; listening on",
-                         children_active(m->children), c->peak, accept_queued(m->accept),
-                         (unsigned long long) c->accepted,
-                         (unsigned long long) refusals_total(accept_refusals(m->accept)),
-                         (unsigned long long) refused[REFUSE_CAPACITY], (unsigned long long) refused[REFUSE_PER_SOURCE],
-                         (unsigned long long) refused[REFUSE_RATE], (unsigned long long) refused[REFUSE_PER_SOURCE_RATE],
-                         (unsigned long long) refused[REFUSE_ACL], (unsigned long long) refused[REFUSE_PROXY],
-                         (unsigned long long) refused[REFUSE_FORK], (unsigned long long) c->crashed);
-        for (unsigned i = 0; i < n_listeners && n > 0 && (size_t) n < size; i++) {
-                char a[IPADDR_STR_MAX];
-                n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&l[i]->bound, a));
-        }
+        StatusSources src = sources(m);
+        status_summary(&src, buf, size);
 }
 
 static void update_status(Manager *m, bool force) {

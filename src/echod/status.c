@@ -349,3 +349,25 @@ int status_report(const StatusSources *src, StatusFormat format, unsigned max_li
         snapshot_done(&s);
         return r;
 }
+
+void status_summary(const StatusSources *src, char *buf, size_t size) {
+        const uint64_t *refused = refusals_counts(accept_refusals(src->accept));
+        const ChildCounters *c = children_counters(src->children);
+        unsigned n_listeners;
+        Listener *const *l = accept_listeners(src->accept, &n_listeners);
+        int n = snprintf(buf, size,
+                         "%u active (peak %u), %u queued, %llu accepted, %llu refused (capacity %llu, "
+                         "per-source %llu, rate %llu, per-source-rate %llu, acl %llu, proxy %llu, fork %llu), "
+                         "%llu crashed; listening on",
+                         children_active(src->children), c->peak, accept_queued(src->accept),
+                         (unsigned long long) c->accepted,
+                         (unsigned long long) refusals_total(accept_refusals(src->accept)),
+                         (unsigned long long) refused[REFUSE_CAPACITY], (unsigned long long) refused[REFUSE_PER_SOURCE],
+                         (unsigned long long) refused[REFUSE_RATE], (unsigned long long) refused[REFUSE_PER_SOURCE_RATE],
+                         (unsigned long long) refused[REFUSE_ACL], (unsigned long long) refused[REFUSE_PROXY],
+                         (unsigned long long) refused[REFUSE_FORK], (unsigned long long) c->crashed);
+        for (unsigned i = 0; i < n_listeners && n > 0 && (size_t) n < size; i++) {
+                char a[IPADDR_STR_MAX];
+                n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&l[i]->bound, a));
+        }
+}

@@ -29,3 +29,7 @@ typedef struct StatusSources {
 
 /* The report in a malloc'd buffer; the text form lists at most max_live connections. */
 int status_report(const StatusSources *src, StatusFormat format, unsigned max_live, char **ret, size_t *ret_len);
+
+/* The one-line summary for STATUS= (systemctl status): active, queued, totals, refusals by reason,
+ * listeners. */
+void status_summary(const StatusSources *src, char *buf, size_t size);

@@ -4,7 +4,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "shared/macro.h"
 
@@ -365,4 +367,40 @@ ssize_t proxy_header_parse(const void *buf, size_t len, ProxyHeader *ret) {
         if (p[0] == proxy_v2_signature[0])
                 return proxy_parse_v2(p, len, ret);
         return -EBADMSG;
+}
+
+int proxy_header_read(int fd, ProxyReader *r, ProxyHeader *ret) {
+        uint8_t buf[PROXY_PARSE_MAX];
+        ProxyHeader h;
+        ssize_t n, len;
+
+        if (r->len > 0)
+                memcpy(buf, r->held, r->len);
+        n = recv(fd, buf + r->len, sizeof(buf) - r->len, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0)
+                return errno == EAGAIN || errno == EINTR ? 0 : negative_errno();
+        if (n == 0)
+                return -ECONNRESET;
+        len = proxy_header_parse(buf, r->len + (size_t) n, &h);
+        if (len < 0)
+                return (int) len;
+        if (len == 0) {
+                if (!r->held && !(r->held = malloc(PROXY_PARSE_MAX)))
+                        return -ENOMEM;
+                if (recv(fd, r->held + r->len, (size_t) n, MSG_DONTWAIT) != n)
+                        return -EIO;
+                r->len += (size_t) n;
+                return 0;
+        }
+        size_t rest = (size_t) len - r->len;
+        if (rest > 0 && recv(fd, buf, rest, MSG_DONTWAIT) != (ssize_t) rest)
+                return -EIO;
+        proxy_reader_done(r);
+        *ret = h;
+        return 1;
+}
+
+void proxy_reader_done(ProxyReader *r) {
+        r->held = mfree(r->held);
+        r->len = 0;
 }

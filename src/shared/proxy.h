@@ -64,3 +64,17 @@ typedef struct ProxyHeader {
  * PROXY needs the length to cover the address block, and TLVs after it must be well formed (they
  * are skipped). Unknown v2 family or transport values are -EBADMSG. */
 ssize_t proxy_header_parse(const void *buf, size_t len, ProxyHeader *ret);
+
+/* Reading a header off a connected socket without ever taking a payload byte: peek at what
+ * arrived and parse it after what is held. A complete header is consumed exactly; a valid but
+ * incomplete prefix is all header, so it is consumed into the reader (otherwise the socket would
+ * stay readable and a level-triggered wait would spin on the same bytes). */
+typedef struct ProxyReader {
+        uint8_t *held; /* PROXY_PARSE_MAX bytes once something is held */
+        size_t len;
+} ProxyReader;
+
+/* Returns 1 with *ret filled (the socket now starts at the payload), 0 if more must arrive, or
+ * -errno: -ECONNRESET closed before the header ended, a proxy_header_parse() error, -EIO, -ENOMEM. */
+int proxy_header_read(int fd, ProxyReader *r, ProxyHeader *ret);
+void proxy_reader_done(ProxyReader *r);
