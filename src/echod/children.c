@@ -53,7 +53,7 @@ int children_new(Children **ret) {
                 children_free(t);
                 return -ENOMEM;
         }
-        /* the master's own bookkeeping: not inherited, so fork() neither copies nor COW-faults it */
+        /* the master's own bookkeeping: MADV_DONTFORK, never part of any process it starts */
         t->slots = mem_alloc_unshared(SLOTS_MAX * sizeof(Child));
         t->free_stack = mem_alloc_unshared(SLOTS_MAX * sizeof(int32_t));
         t->by_pid = hashmap_new(sizeof(pid_t), SLOTS_MAX * 2);
