@@ -240,6 +240,23 @@ def test_daemon_mode(daemon_conf):
     assert refused(port)
 
 
+def test_daemon_started_by_relative_path_finds_its_spawner(daemon_conf):
+    """'./echod' without -D: the daemon moves to / before it starts echod-spawner, which it must
+    still find next to the command it was started as."""
+    conf, port, pidfile, pids = daemon_conf
+    if os.path.exists("/usr/libexec/echod/echod-spawner"):
+        pytest.skip("an installed echod-spawner would be found anyway")
+    starter = subprocess.run(["./echod", "-f", conf], cwd=os.path.dirname(ECHOD), stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, env=clean_env(), timeout=15)
+    assert starter.returncode == 0, starter.stderr
+    pid = read_pid(pidfile)
+    pids.append(pid)
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    echo_once(("127.0.0.1", port), b"from a spawner found after chdir\n")
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: gone(pid), 10, f"daemon {pid} to exit after SIGTERM")
+
+
 def test_daemon_closes_inherited_fds(daemon_conf):
     conf, port, pidfile, pids = daemon_conf
     r, w = os.pipe()
