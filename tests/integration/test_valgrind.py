@@ -5,10 +5,11 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 
 import pytest
 
-from conftest import ECHOD, connect, echo_roundtrip
+from conftest import ECHOD, connect, echo_roundtrip, ping, wait_until
 
 VALGRIND = ["valgrind", "--trace-children=yes", "--track-fds=yes", "--error-exitcode=99", "--leak-check=full",
             "--errors-for-leak-kinds=definite", "--child-silent-after-fork=no"]
@@ -59,3 +60,63 @@ def test_echo_under_valgrind(grind):
     master = e.proc.pid
     open_fds = re.findall(rf"=={master}== Open (?:file descriptor|AF_\w+ socket) (\d+)", log)
     assert set(map(int, open_fds)) <= {0, 1, 2}, open_fds
+
+
+def callgrind_instructions(pid, directory):
+    """Dump the running callgrind's counters since the last zeroing; returns the instructions."""
+    before = set(os.listdir(directory))
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=60)
+    wait_until(lambda: set(os.listdir(directory)) - before, 30, "callgrind's dump")
+    (dump,) = set(os.listdir(directory)) - before
+    text = ""
+    wait_until(lambda: re.search(r"^(summary|totals): \d+", open(os.path.join(directory, dump)).read(), re.M),
+               30, "a complete dump")
+    text = open(os.path.join(directory, dump)).read()
+    return int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
+
+
+def refusal_instructions(echod_factory, held, refusals=300, wave=100):
+    """The master's instructions (callgrind, not time) per connection refused at capacity, with
+    `held` connections admitted."""
+    e = echod_factory(start=False, max_connections=held, max_per_source=0, log_connections="false", sandbox="false")
+    out = os.path.join(e.dir, "cg")
+    os.mkdir(out)
+    # the master only: the spawner and the children run natively
+    e.wrapper = ["valgrind", "--tool=callgrind", "--trace-children=no", f"--callgrind-out-file={out}/cg.%p"]
+    e.start()
+    socks = [connect(e.endpoint(), timeout=60) for _ in range(held)]
+    for s in socks:
+        assert ping(s, b"x")  # admitted and echoing, and kept open
+    subprocess.run(["callgrind_control", "-z", str(e.proc.pid)], check=True, capture_output=True, timeout=60)
+    for _ in range(refusals // wave):
+        batch = [connect(e.endpoint(), timeout=60) for _ in range(wave)]
+        for s in batch:
+            s.settimeout(30)
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+    n = callgrind_instructions(e.proc.pid, out)
+    for s in socks:
+        s.close()
+    e.check_exit = False
+    e.stop(timeout=60)
+    return n / refusals
+
+
+def test_refusal_cost_does_not_grow_with_connections_held(echod_factory):
+    """A refusal at capacity reads the counts the master keeps: it costs the same with 16 or 1,024
+    connections held (4a6b3b7 walked the slot table on every one). Counted in instructions, so
+    neither the host's speed nor its load decide the outcome."""
+    if not shutil.which("callgrind_control"):
+        pytest.skip("valgrind is not installed")
+    if os.environ.get("ECHOD_BUILD_DIR", "").endswith("asan"):
+        pytest.skip("valgrind and AddressSanitizer do not mix: run in the plain build")
+    config_h = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(ECHOD))), "build-config.h")
+    if "#define ECHOD_INVARIANTS 1" in open(config_h).read():
+        pytest.skip("an invariants build walks its tables after every event, on purpose")
+    few = refusal_instructions(echod_factory, 16)
+    many = refusal_instructions(echod_factory, 1024)
+    print(f"instructions per refusal: {few:.0f} with 16 held, {many:.0f} with 1,024 held")
+    assert many < 1.25 * few, (few, many)
