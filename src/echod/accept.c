@@ -39,7 +39,8 @@ struct Accept {
         ProxyWait *proxy;
         WaitQueue *wait;
         bool queue_full, stopping;
-        sd_event_source *backoff_timer, *queue_timer;
+        bool run_pending; /* the wait queue may admit someone: run it after this event batch */
+        sd_event_source *backoff_timer, *queue_timer, *post;
         Refusals *refusals;
 };
 
@@ -114,8 +115,19 @@ static void hand_over(Accept *a, int fd, const Child *info) {
                 refuse_limit(a, fd, info, REFUSE_CAPACITY, NULL);
 }
 
+static void run_queue(Accept *a);
+
 static int on_wait_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        accept_run_queue(userdata);
+        run_queue(userdata);
+        return 0;
+}
+
+/* After every event batch: the wait queue is run here, never from inside an admission. */
+static int on_post(sd_event_source *s, void *userdata) {
+        Accept *a = userdata;
+
+        if (a->run_pending)
+                run_queue(a);
         return 0;
 }
 
@@ -189,14 +201,22 @@ static void admit(Accept *a, int fd, Child *info) {
         unsigned from_source = children_source_count(a->children, &info->source) +
                                wait_source_count(a->wait, &info->source);
         Refusal verdict = admit_counts(&limits, busy, from_source);
-        if (verdict == ADMIT_OK)
+        if (verdict == ADMIT_OK) {
                 hand_over(a, fd, info);
-        else if (verdict == REFUSE_CAPACITY && cfg->at_capacity == AT_CAPACITY_QUEUE && !a->queue_full &&
-                 wait_for_slot(a, WAIT_QUEUE, fd, info, verdict, now,
-                               now + (uint64_t) cfg->queue_timeout * USEC_PER_SEC))
                 return;
-        else if (!wait_for_slot(a, WAIT_GRACE, fd, info, verdict, now, now + ACCEPT_GRACE_USEC))
+        }
+        /* held back only by those waiting ahead of it (who may be waiting for their own source's
+         * limit): the queue decides, in order, after this batch */
+        if (admit_counts(&limits, children_active(a->children), children_source_count(a->children, &info->source)) ==
+            ADMIT_OK)
+                a->run_pending = true;
+        if (verdict == REFUSE_CAPACITY && cfg->at_capacity == AT_CAPACITY_QUEUE && !a->queue_full &&
+            wait_for_slot(a, WAIT_QUEUE, fd, info, verdict, now, now + (uint64_t) cfg->queue_timeout * USEC_PER_SEC))
+                return;
+        if (!wait_for_slot(a, WAIT_GRACE, fd, info, verdict, now, now + ACCEPT_GRACE_USEC)) {
+                a->run_pending = false; /* it was not queued after all */
                 refuse_limit(a, fd, info, verdict, NULL);
+        }
 }
 
 /* --- the wait queue's callbacks -------------------------------------------------------------- */
@@ -225,7 +245,12 @@ static void on_wait_expire(void *userdata, int fd, const Child *info, WaitLane l
                 refuse_limit(a, fd, info, verdict, NULL);
 }
 
-void accept_run_queue(Accept *a) {
+void accept_slots_freed(Accept *a) {
+        a->run_pending = true;
+}
+
+static void run_queue(Accept *a) {
+        a->run_pending = false;
         wait_run(a->wait, now_usec(), !a->stopping);
         wait_arm_timer(a);
         queue_update_full(a);
@@ -467,6 +492,8 @@ int accept_new(sd_event *event, const Children *children, const Config *config, 
                 r = wait_queue_new(&wait_cb, a, &a->wait);
         if (r >= 0)
                 r = proxy_wait_new(event, &proxy_cb, a, &a->proxy);
+        if (r >= 0)
+                r = sd_event_add_post(event, &a->post, on_post, a);
         for (unsigned i = 0; r >= 0 && i < n_listeners; i++)
                 r = watch_listener(a, listeners[i]);
         /* the first configuration goes in like any reload: its listeners are the ones bound */
@@ -504,6 +531,7 @@ Accept *accept_free(Accept *a) {
         free(a->listeners);
         sd_event_source_disable_unref(a->backoff_timer);
         sd_event_source_disable_unref(a->queue_timer);
+        sd_event_source_disable_unref(a->post);
         acl_free(a->acl);
         rate_table_free(a->source_rates);
         wait_queue_free(a->wait);

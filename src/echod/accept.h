@@ -10,8 +10,9 @@
  * otherwise, like one over max_per_source, up to ACCEPT_GRACE_USEC (WAIT_GRACE_MAX at most at
  * once), in case a connection ending right now frees the slot: a client that reconnects the
  * moment it has our FIN finds its old connection's process still exiting, and that process counts
- * until it is gone. accept_run_queue() admits from the wait queue; the owner calls it after an
- * event batch, never from inside an admission. */
+ * until it is gone. The wait queue is run from a post source after an event batch in which
+ * something may fit (accept_slots_freed(), or a newcomer held back only by those ahead of it),
+ * never from inside an admission. */
 #pragma once
 
 #include <stdbool.h>
@@ -50,8 +51,9 @@ typedef struct AcceptChanges {
 void accept_commit(Accept *a, AcceptPlan *p, AcceptChanges *ret);
 void accept_abort(AcceptPlan *p);
 
-/* Admit what the queue holds while there is room, refuse what waited too long. */
-void accept_run_queue(Accept *a);
+/* Slots were freed (or the limits changed): after this event batch, the wait queue admits what
+ * now fits, in order. */
+void accept_slots_freed(Accept *a);
 /* Stopping: close the listeners and every connection not admitted. Returns how many. */
 unsigned accept_stop(Accept *a);
 /* A connection admitted but never started (fork failed): a refusal all the same. */

@@ -102,6 +102,11 @@ _Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, 
                           char *title_area, size_t title_size) {
         const uint64_t term = UINT64_C(1) << (SIGTERM - 1); /* the kernel's sigset_t */
 
+        /* our pid in our slot, as the spawner writes it after fork(): should the spawner die
+         * between the fork and its own write, the master still learns whose child this is */
+        if (slot)
+                atomic_store_explicit(&slot->pid, (uint64_t) syscall(SYS_getpid), memory_order_relaxed);
+
         /* the connection becomes fd 3 (over the spawner's socket); every other fd above stdio goes */
         if (fd != 3) {
                 if (dup3(fd, 3, O_CLOEXEC) < 0)

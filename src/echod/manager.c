@@ -2,9 +2,10 @@
  *
  * Owns the modules and wires their callbacks: accept (admission) → children (accounting) →
  * spawner (processes). Connection records are logged here, from what children returns. Signals
- * are handled as sd-event sources (signalfd), never in handlers. After every event batch a post
- * source gives freed slots to the wait queue, ends a finished drain, and, in an invariants
- * build, checks every module's invariants. */
+ * are handled as sd-event sources (signalfd), never in handlers. Freed slots are announced to
+ * accept (accept_slots_freed()), whose wait queue runs after the event batch. After every event
+ * batch a post source ends a finished drain and, in an invariants build, checks every module's
+ * invariants. */
 #include "echod/manager.h"
 
 #include <errno.h>
@@ -32,8 +33,19 @@
 #include "shared/timeutil.h"
 
 #define STATUS_INTERVAL_USEC USEC_PER_SEC
-/* exits reaped in one SIGCHLD batch before their spawner's death told us whose they were */
+/* exits reaped before we knew whose they were (an orphan of a spawner that died), kept while a
+ * hand-off of that spawner is unresolved */
 #define UNKNOWN_EXITS_MAX 256
+/* a hand-off lost with its spawner and no pid in its slot yet: the child, if there is one, writes
+ * its pid first thing; until then, or this long, the slot stays counted */
+#define RESOLVE_GRACE_USEC USEC_PER_SEC
+#define RESOLVE_INTERVAL_USEC (20 * USEC_PER_MSEC)
+
+typedef struct Unresolved {
+        int slot;
+        unsigned spawner;
+        uint64_t deadline;
+} Unresolved;
 
 struct Manager {
         sd_event *event;
@@ -45,7 +57,7 @@ struct Manager {
         Control *control;
         sd_event_source *post, *status_timer, *watchdog_timer, *shutdown_timer;
         uint64_t watchdog_usec;
-        bool stopping, run_queue;
+        bool stopping;
         unsigned ceiling; /* max_connections, or more while a reload's lower limit drains */
         int stop_signal; /* what live connections were last sent: SIGTERM, then SIGKILL */
         char last_status[512];
@@ -56,6 +68,9 @@ struct Manager {
                 int status;
         } unknown[UNKNOWN_EXITS_MAX];
         unsigned n_unknown;
+        Unresolved *unresolved;
+        unsigned n_unresolved;
+        sd_event_source *resolve_timer;
 };
 
 /* --- connection records ---------------------------------------------------------------------- */
@@ -81,12 +96,14 @@ static void child_exited(Manager *m, pid_t pid, int status) {
         ChildRecord rec;
 
         if (children_exited(m->children, pid, status, now_usec(), &rec) < 0) {
-                /* not (yet) known: an orphan of a spawner whose death is still to be read */
-                if (m->n_unknown < UNKNOWN_EXITS_MAX)
-                        m->unknown[m->n_unknown++] = (typeof(m->unknown[0])) { pid, status };
+                /* not (yet) known: an orphan of a spawner whose death is still to be read, or
+                 * whose hand-off is not resolved yet (the oldest is forgotten first) */
+                if (m->n_unknown == UNKNOWN_EXITS_MAX)
+                        memmove(m->unknown, m->unknown + 1, --m->n_unknown * sizeof(m->unknown[0]));
+                m->unknown[m->n_unknown++] = (typeof(m->unknown[0])) { pid, status };
                 return;
         }
-        m->run_queue = true;
+        accept_slots_freed(m->accept);
         log_record(m, &rec);
 }
 
@@ -95,7 +112,7 @@ static void child_failed(Manager *m, int slot, int error) {
 
         if (children_failed(m->children, slot, error, now_usec(), &rec) < 0)
                 return;
-        m->run_queue = true;
+        accept_slots_freed(m->accept);
         if (error != -ECANCELED)
                 accept_note_refusal(m->accept, REFUSE_FORK, &rec.child, NULL, error);
 }
@@ -152,22 +169,68 @@ static int resolve(Manager *m, pid_t pid, int *ret_status) {
         return r == pid ? 1 : r == 0 ? 0 : -ECHILD;
 }
 
-static void on_lost(void *userdata, int slot, unsigned spawner) {
-        Manager *m = userdata;
+/* A hand-off its spawner took and died with: the pid in its slot (written by the child, or by the
+ * spawner after fork) is believed only for a child of ours that nobody else is. Returns false if
+ * there is no pid yet. */
+static bool resolve_lost(Manager *m, int slot, unsigned spawner) {
         pid_t pid = children_pending_pid(m->children, slot);
         int status, r;
 
-        /* the pid it wrote after fork() is a hint: it counts only if that process is our child */
-        if (pid <= 0 || (r = resolve(m, pid, &status)) < 0 ||
-            children_started(m->children, slot, pid, spawner) < 0) {
+        if (pid <= 0)
+                return false;
+        if ((r = resolve(m, pid, &status)) < 0 || children_started(m->children, slot, pid, spawner) < 0) {
                 child_failed(m, slot, -ECHILD);
-                return;
+                return true;
         }
         (void) children_adopt(m->children, spawner);
         if (r > 0)
                 child_exited(m, pid, status);
         else if (m->stopping)
                 (void) kill(pid, m->stop_signal);
+        return true;
+}
+
+static int on_resolve_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        uint64_t now = now_usec();
+
+        for (unsigned i = 0; i < m->n_unresolved;) {
+                Unresolved *u = &m->unresolved[i];
+                bool done = resolve_lost(m, u->slot, u->spawner);
+                if (!done && now < u->deadline) {
+                        i++;
+                        continue;
+                }
+                if (!done)
+                        child_failed(m, u->slot, -ECHILD); /* no child ever said it was there */
+                *u = m->unresolved[--m->n_unresolved];
+        }
+        if (m->n_unresolved == 0)
+                return sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        (void) sd_event_source_set_time(s, usec + RESOLVE_INTERVAL_USEC);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static void on_lost(void *userdata, int slot, unsigned spawner) {
+        Manager *m = userdata;
+        Unresolved *n;
+
+        if (resolve_lost(m, slot, spawner))
+                return;
+        /* forked, perhaps, but the child has not run yet: it stays counted while we look again */
+        if (!(n = reallocarray(m->unresolved, m->n_unresolved + 1, sizeof(Unresolved)))) {
+                child_failed(m, slot, -ENOMEM);
+                return;
+        }
+        m->unresolved = n;
+        m->unresolved[m->n_unresolved++] = (Unresolved) { slot, spawner, now_usec() + RESOLVE_GRACE_USEC };
+        if (!m->resolve_timer)
+                (void) sd_event_add_time_relative(m->event, &m->resolve_timer, CLOCK_MONOTONIC, RESOLVE_INTERVAL_USEC,
+                                                  USEC_PER_MSEC, on_resolve_timer, m);
+        else if (sd_event_source_get_enabled(m->resolve_timer, NULL) == 0) {
+                (void) sd_event_source_set_time_relative(m->resolve_timer, RESOLVE_INTERVAL_USEC);
+                (void) sd_event_source_set_enabled(m->resolve_timer, SD_EVENT_ONESHOT);
+        }
 }
 
 static void on_gone(void *userdata, unsigned spawner, pid_t pid, int status, bool retired) {
@@ -222,11 +285,11 @@ static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, voi
         /* first what the spawners reported, so every STARTED is known before its process's end */
         (void) spawner_dispatch(m->spawner);
         /* ours: the spawners, and the orphans of one that died (we are their subreaper) */
-        m->n_unknown = 0;
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
                 if (!spawner_reaped(m->spawner, pid, status))
                         child_exited(m, pid, status);
-        m->n_unknown = 0;
+        if (m->n_unresolved == 0)
+                m->n_unknown = 0; /* nobody left to claim them */
         return 0;
 }
 
@@ -422,7 +485,7 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
         }
         config_free(old);
         m->ceiling = MAX(m->config->max_connections, children_active(m->children));
-        m->run_queue = true;
+        accept_slots_freed(m->accept);
         m->reloads++;
         m->loaded_realtime = clock_usec(CLOCK_REALTIME);
         for (unsigned i = 0; i < changes.n_removed; i++)
@@ -447,8 +510,8 @@ static void check_invariants(Manager *m) {
         if (children_check(m->children, &what) < 0 || accept_check(m->accept, &what) < 0)
                 goto broken;
         /* every pending slot is a hand-off the spawner side holds, queued or in flight */
-        if (children_pending(m->children) != sp.queued + sp.in_flight) {
-                what = "pending slots != hand-offs queued or in flight";
+        if (children_pending(m->children) != sp.queued + sp.in_flight + m->n_unresolved) {
+                what = "pending slots != hand-offs queued, in flight or lost and unresolved";
                 goto broken;
         }
         /* a lower limit from a reload is reached by attrition: nobody is admitted above it */
@@ -468,10 +531,6 @@ broken:
 static int on_post(sd_event_source *s, void *userdata) {
         Manager *m = userdata;
 
-        if (m->run_queue) {
-                m->run_queue = false;
-                accept_run_queue(m->accept);
-        }
         if (ECHOD_INVARIANTS)
                 check_invariants(m);
         if (m->stopping && children_active(m->children) == 0)
@@ -545,6 +604,8 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->status_timer);
         sd_event_source_disable_unref(m->watchdog_timer);
         sd_event_source_disable_unref(m->shutdown_timer);
+        sd_event_source_disable_unref(m->resolve_timer);
+        free(m->unresolved);
         sd_event_unref(m->event);
         children_free(m->children);
         sandbox_free(m->sandbox);

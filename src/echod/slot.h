@@ -15,6 +15,7 @@ typedef struct SlotShared {
         _Atomic uint64_t bytes_in;
         _Atomic uint64_t bytes_out;
         _Atomic uint64_t last_active_usec; /* CLOCK_MONOTONIC */
-        _Atomic uint64_t pid; /* written by the spawner after fork: the master's hint if the spawner
-                               * dies before reporting STARTED (checked with waitpid before use) */
+        _Atomic uint64_t pid; /* written by the child first thing, and by the spawner after fork:
+                               * the master's hint if the spawner dies before reporting STARTED
+                               * (believed only for a child of the master's not known yet) */
 } SlotShared;

@@ -138,7 +138,7 @@ static bool run_lane(WaitQueue *q, WaitLane lane, uint64_t now, bool admit) {
                         continue;
                 }
                 if (!admit)
-                        continue;
+                        break; /* a lane is in deadline order: nobody behind is due either */
                 Refusal verdict = q->cb.verdict(q->userdata, &w->info);
                 if (verdict == ADMIT_OK) {
                         unlink_waiting(q, &q->lanes[lane], w);

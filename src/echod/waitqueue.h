@@ -49,7 +49,10 @@ uint64_t wait_next_deadline(const WaitQueue *q);
 
 /* Expire what reached its deadline; unless stopped, admit in arrival order (the lane that holds the
  * oldest first) while the verdict allows: one held back by its own source's limit does not hold
- * back the others, a full service stops the admissions. */
+ * back the others, a full service stops the admissions. Each lane has one timeout, so it is in
+ * deadline order and a run stops at the first one that is neither due nor admitted: O(1) while
+ * the service is full. (After a reload shortens queue_timeout, a later arrival may wait behind
+ * an earlier one's longer deadline.) */
 void wait_run(WaitQueue *q, uint64_t now, bool admit);
 /* Hand every one in lane to expire() now. Returns how many. */
 unsigned wait_expire_lane(WaitQueue *q, WaitLane lane);
