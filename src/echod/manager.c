@@ -25,6 +25,7 @@
 #include "echod/control.h"
 #include "echod/log.h"
 #include "echod/notify.h"
+#include "echod/orphans.h"
 #include "echod/sandbox.h"
 #include "echod/spawn-proto.h"
 #include "echod/spawner.h"
@@ -33,20 +34,6 @@
 #include "shared/timeutil.h"
 
 #define STATUS_INTERVAL_USEC USEC_PER_SEC
-/* exits reaped before we knew whose they were (an orphan of a spawner that died), kept while a
- * hand-off of that spawner is unresolved */
-#define UNKNOWN_EXITS_MAX 256
-/* a hand-off lost with its spawner and no pid in its slot yet: the child, if there is one, writes
- * its pid first thing; until then, or this long, the slot stays counted */
-#define RESOLVE_GRACE_USEC USEC_PER_SEC
-#define RESOLVE_INTERVAL_USEC (20 * USEC_PER_MSEC)
-
-typedef struct Unresolved {
-        int slot;
-        unsigned spawner;
-        uint64_t deadline;
-} Unresolved;
-
 struct Manager {
         sd_event *event;
         Config *config;
@@ -63,14 +50,7 @@ struct Manager {
         char last_status[512];
         uint64_t started_realtime, started_monotonic, loaded_realtime;
         unsigned reloads;
-        struct {
-                pid_t pid;
-                int status;
-        } unknown[UNKNOWN_EXITS_MAX];
-        unsigned n_unknown;
-        Unresolved *unresolved;
-        unsigned n_unresolved;
-        sd_event_source *resolve_timer;
+        Orphans *orphans;
 };
 
 /* --- connection records ---------------------------------------------------------------------- */
@@ -97,10 +77,8 @@ static void child_exited(Manager *m, pid_t pid, int status) {
 
         if (children_exited(m->children, pid, status, now_usec(), &rec) < 0) {
                 /* not (yet) known: an orphan of a spawner whose death is still to be read, or
-                 * whose hand-off is not resolved yet (the oldest is forgotten first) */
-                if (m->n_unknown == UNKNOWN_EXITS_MAX)
-                        memmove(m->unknown, m->unknown + 1, --m->n_unknown * sizeof(m->unknown[0]));
-                m->unknown[m->n_unknown++] = (typeof(m->unknown[0])) { pid, status };
+                 * whose hand-off is not resolved yet */
+                orphans_note_exit(m->orphans, pid, status);
                 return;
         }
         accept_slots_freed(m->accept);
@@ -159,12 +137,8 @@ static void on_exited(void *userdata, pid_t pid, int status) {
 /* A process of ours that the dead spawner forked: whether it lives, exited (reaped by us in this
  * batch, or just now), or was never ours. */
 static int resolve(Manager *m, pid_t pid, int *ret_status) {
-        for (unsigned i = 0; i < m->n_unknown; i++)
-                if (m->unknown[i].pid == pid) {
-                        *ret_status = m->unknown[i].status;
-                        m->unknown[i] = m->unknown[--m->n_unknown];
-                        return 1;
-                }
+        if (orphans_take_exit(m->orphans, pid, ret_status))
+                return 1;
         pid_t r = waitpid(pid, ret_status, WNOHANG);
         return r == pid ? 1 : r == 0 ? 0 : -ECHILD;
 }
@@ -190,47 +164,20 @@ static bool resolve_lost(Manager *m, int slot, unsigned spawner) {
         return true;
 }
 
-static int on_resolve_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-        uint64_t now = now_usec();
+static bool on_orphan_resolve(void *userdata, int slot, unsigned spawner) {
+        return resolve_lost(userdata, slot, spawner);
+}
 
-        for (unsigned i = 0; i < m->n_unresolved;) {
-                Unresolved *u = &m->unresolved[i];
-                bool done = resolve_lost(m, u->slot, u->spawner);
-                if (!done && now < u->deadline) {
-                        i++;
-                        continue;
-                }
-                if (!done)
-                        child_failed(m, u->slot, -ECHILD); /* no child ever said it was there */
-                *u = m->unresolved[--m->n_unresolved];
-        }
-        if (m->n_unresolved == 0)
-                return sd_event_source_set_enabled(s, SD_EVENT_OFF);
-        (void) sd_event_source_set_time(s, usec + RESOLVE_INTERVAL_USEC);
-        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+static void on_orphan_expire(void *userdata, int slot) {
+        child_failed(userdata, slot, -ECHILD); /* no child ever said it was there */
 }
 
 static void on_lost(void *userdata, int slot, unsigned spawner) {
         Manager *m = userdata;
-        Unresolved *n;
 
-        if (resolve_lost(m, slot, spawner))
-                return;
         /* forked, perhaps, but the child has not run yet: it stays counted while we look again */
-        if (!(n = reallocarray(m->unresolved, m->n_unresolved + 1, sizeof(Unresolved)))) {
+        if (!resolve_lost(m, slot, spawner) && orphans_track(m->orphans, slot, spawner) < 0)
                 child_failed(m, slot, -ENOMEM);
-                return;
-        }
-        m->unresolved = n;
-        m->unresolved[m->n_unresolved++] = (Unresolved) { slot, spawner, now_usec() + RESOLVE_GRACE_USEC };
-        if (!m->resolve_timer)
-                (void) sd_event_add_time_relative(m->event, &m->resolve_timer, CLOCK_MONOTONIC, RESOLVE_INTERVAL_USEC,
-                                                  USEC_PER_MSEC, on_resolve_timer, m);
-        else if (sd_event_source_get_enabled(m->resolve_timer, NULL) == 0) {
-                (void) sd_event_source_set_time_relative(m->resolve_timer, RESOLVE_INTERVAL_USEC);
-                (void) sd_event_source_set_enabled(m->resolve_timer, SD_EVENT_ONESHOT);
-        }
 }
 
 static void on_gone(void *userdata, unsigned spawner, pid_t pid, int status, bool retired) {
@@ -288,8 +235,7 @@ static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, voi
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
                 if (!spawner_reaped(m->spawner, pid, status))
                         child_exited(m, pid, status);
-        if (m->n_unresolved == 0)
-                m->n_unknown = 0; /* nobody left to claim them */
+        orphans_reaped(m->orphans);
         return 0;
 }
 
@@ -510,7 +456,7 @@ static void check_invariants(Manager *m) {
         if (children_check(m->children, &what) < 0 || accept_check(m->accept, &what) < 0)
                 goto broken;
         /* every pending slot is a hand-off the spawner side holds, queued or in flight */
-        if (children_pending(m->children) != sp.queued + sp.in_flight + m->n_unresolved) {
+        if (children_pending(m->children) != sp.queued + sp.in_flight + orphans_tracked(m->orphans)) {
                 what = "pending slots != hand-offs queued, in flight or lost and unresolved";
                 goto broken;
         }
@@ -551,6 +497,7 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
                 .restarted = on_restarted,
         };
         static const AcceptCallbacks accept_cb = { .admit = on_admit };
+        static const OrphansCallbacks orphans_cb = { .resolve = on_orphan_resolve, .expire = on_orphan_expire };
         _cleanup_(closep) int cfd = control_fd;
         Manager *m = calloc(1, sizeof(Manager));
         int r;
@@ -582,6 +529,8 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
         if (r >= 0)
                 r = sandbox_new(config->sandbox, &m->sandbox);
         if (r >= 0)
+                r = orphans_new(m->event, &orphans_cb, m, &m->orphans);
+        if (r >= 0)
                 r = spawner_new(m->event, children_memfd(m->children), &spawner_cb, m, &m->spawner);
         if (r >= 0 && cfd >= 0)
                 r = control_new(m->event, TAKE_FD(cfd), report, m, &m->control);
@@ -604,8 +553,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->status_timer);
         sd_event_source_disable_unref(m->watchdog_timer);
         sd_event_source_disable_unref(m->shutdown_timer);
-        sd_event_source_disable_unref(m->resolve_timer);
-        free(m->unresolved);
+        orphans_free(m->orphans);
         sd_event_unref(m->event);
         children_free(m->children);
         sandbox_free(m->sandbox);

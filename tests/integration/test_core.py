@@ -51,6 +51,12 @@ def start(echod_factory, **keys):
     return echod_factory(**keys), keys
 
 
+def the_spawner(e):
+    """The spawner's pid, once /proc shows it."""
+    wait_until(lambda: e.spawner() is not None, 10, "echod-spawner")
+    return e.spawner()
+
+
 def conns(st):
     return sorted(c["pid"] for c in st["connections"])
 
@@ -87,7 +93,7 @@ def test_handoffs_of_a_retired_spawner_are_counted_once(echod_factory):
     """A reload that changes the sandbox while the spawner is stopped: the connections it cannot take
     go to the new spawner, counted once; nothing runs outside max_connections."""
     e, keys = start(echod_factory, max_connections=4, max_per_source=0, sandbox="true")
-    old = e.spawner()
+    old = the_spawner(e)
     os.kill(old, signal.SIGSTOP)
     e.write_config(base_config(**dict(keys, sandbox="false")))
     e.reload()
@@ -111,7 +117,7 @@ def test_handoffs_lost_with_a_dead_spawner_are_refused_once(echod_factory):
     """Hand-offs sent to a spawner that is killed before forking them: each is refused once
     (fork-failed), the slots come back, and the next spawner serves new connections."""
     e, _ = start(echod_factory, max_connections=4, max_per_source=0)
-    sp = e.spawner()
+    sp = the_spawner(e)
     os.kill(sp, signal.SIGSTOP)
     lost = [connect(e.endpoint()) for _ in range(3)]
     wait_until(lambda: status_json(e)["spawner"]["in_flight"] == 3, 10, "three hand-offs in flight")
@@ -175,7 +181,7 @@ def test_regrouping_counts_connections_not_started_yet(echod_factory):
     per-source counts."""
     e, conf = start(echod_factory, listen='"0.0.0.0:0"', max_connections=10, max_per_source=2)
     addr = ("127.0.0.1", e.port)
-    sp = e.spawner()
+    sp = the_spawner(e)
     os.kill(sp, signal.SIGSTOP)
     try:
         pending = [connect_from(addr, "127.0.0.2") for _ in range(2)]
@@ -201,7 +207,7 @@ def test_stop_with_a_stopped_spawner_ends_within_shutdown_timeout(echod_factory)
     for s in held:
         assert ping(s)
     kids_before = workers(e)
-    os.kill(e.spawner(), signal.SIGSTOP)
+    os.kill(the_spawner(e), signal.SIGSTOP)
     e.proc.send_signal(signal.SIGTERM)
     e.proc.wait(timeout=1 + 5)  # shutdown_timeout, and a bound for the kills and reaps
     assert e.proc.returncode == 0, e.log()
