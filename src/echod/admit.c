@@ -88,6 +88,26 @@ bool source_table_next(const SourceTable *t, size_t *pos, const void **ret_key, 
         return hashmap_next(t->map, pos, ret_key, ret_count);
 }
 
+static int by_address(const void *a, const void *b) {
+        return memcmp(a, b, sizeof(IpAddr));
+}
+
+bool source_table_matches(const SourceTable *t, IpAddr *keys, unsigned n) {
+        unsigned distinct = 0;
+
+        qsort(keys, n, sizeof(IpAddr), by_address);
+        for (unsigned i = 0; i < n;) {
+                unsigned j = i;
+                while (j < n && memcmp(&keys[j], &keys[i], sizeof(IpAddr)) == 0)
+                        j++;
+                if (source_table_count((SourceTable *) t, &keys[i]) != j - i)
+                        return false;
+                distinct++;
+                i = j;
+        }
+        return source_table_size(t) == distinct;
+}
+
 void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret) {
         *ret = *peer;
         ipaddr_mask(ret, peer->family == AF_INET ? l->prefix_v4 : l->prefix_v6);

@@ -40,6 +40,11 @@ unsigned source_table_size(const SourceTable *t);
 /* Iterate groups and their counts: start with *pos = 0. */
 bool source_table_next(const SourceTable *t, size_t *pos, const void **ret_key, int32_t *ret_count);
 
+/* Is t exactly the count of these keys (one per connection, in any order; sorted in place)? Every
+ * key's count equals its number of occurrences and t holds no other key. O(n log n) in the keys,
+ * never a walk of the table's capacity: for the invariant checks. */
+bool source_table_matches(const SourceTable *t, IpAddr *keys, unsigned n);
+
 /* The group a peer belongs to for per-source limits: its address masked to the prefix length. */
 void admit_source_key(const IpAddr *peer, const AdmitLimits *l, IpAddr *ret);
 

@@ -179,12 +179,8 @@ void wait_regroup(WaitQueue *q, unsigned prefix_v4, unsigned prefix_v6) {
                 }
 }
 
-static int by_address(const void *a, const void *b) {
-        return memcmp(a, b, sizeof(IpAddr));
-}
-
 int wait_check(const WaitQueue *q, const char **ret_what) {
-        unsigned n = 0, total = wait_total(q), distinct = 0;
+        unsigned n = 0, total = wait_total(q);
         _cleanup_(freep) IpAddr *keys = malloc((total ? total : 1) * sizeof(IpAddr));
 
         if (!keys)
@@ -200,20 +196,8 @@ int wait_check(const WaitQueue *q, const char **ret_what) {
                 }
         }
         /* each source's count is the number waiting with that key, and there is no other key */
-        qsort(keys, n, sizeof(IpAddr), by_address);
-        for (unsigned i = 0; i < n;) {
-                unsigned j = i;
-                while (j < n && memcmp(&keys[j], &keys[i], sizeof(IpAddr)) == 0)
-                        j++;
-                if (source_table_count(q->sources, &keys[i]) != j - i) {
-                        *ret_what = "a waiting source's count differs from its connections waiting";
-                        return -EUCLEAN;
-                }
-                distinct++;
-                i = j;
-        }
-        if (source_table_size(q->sources) != distinct) {
-                *ret_what = "the waiting per-source table holds a source with nobody waiting";
+        if (!source_table_matches(q->sources, keys, n)) {
+                *ret_what = "waiting per-source counts differ from the connections waiting";
                 return -EUCLEAN;
         }
         if (q->lanes[WAIT_GRACE].n > WAIT_GRACE_MAX) {

@@ -337,6 +337,17 @@ def refused(s):
         return True
 
 
+def closed_by_server(s, timeout=30):
+    """Read until the server closes s (EOF or a reset) without echoing anything; closes s."""
+    s.settimeout(timeout)
+    try:
+        got = s.recv(10)
+    except ConnectionResetError:
+        got = b""
+    s.close()
+    return got == b""
+
+
 def wait_admitted(addr, source="127.0.0.1", deadline=3.0):
     """Retry until a connection is admitted (echoes); returns the seconds it took."""
     t0 = time.monotonic()

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 
-from conftest import ECHOD, Echod, base_config, connect, connect_from, ping, refused, wait_until
+from conftest import ECHOD, Echod, base_config, closed_by_server, connect, connect_from, ping, refused, wait_until
 
 
 def status_json(e):
@@ -214,9 +214,4 @@ def test_stop_with_a_stopped_spawner_ends_within_shutdown_timeout(echod_factory)
     for pid in kids_before:
         assert not os.path.exists(f"/proc/{pid}") or title(pid) == "", pid
     for s in held:
-        s.settimeout(5)
-        try:
-            assert s.recv(10) == b""
-        except ConnectionResetError:
-            pass
-        s.close()
+        assert closed_by_server(s, timeout=5)
