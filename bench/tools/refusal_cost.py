@@ -35,7 +35,7 @@ def start(build, held, d):
     ctl = os.path.join(d, "control")
     conf = os.path.join(d, "echod.conf")
     with open(conf, "w") as f:
-        f.write(f'listen = {{"127.0.0.1:0"}}\nuser = ""\ncontrol_socket = "{ctl}"\nlog_connections = false\n'
+        f.write(f'listen = {{"127.0.0.1:0"}}\nuser = "nobody"\ncontrol_socket = "{ctl}"\nlog_connections = false\n'
                 f"max_connections = {held}\nmax_per_source = 0\nidle_timeout = 0\n")
     log = open(os.path.join(d, "log"), "w+")
     p = subprocess.Popen([os.path.join(build, "src/echod/echod"), "-D", "-e", "-f", conf], stderr=log)

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "echod/slot.h"
+#include "echod/spawn-proto.h"
 #include "shared/hashmap.h"
 #include "shared/macro.h"
 
@@ -23,6 +23,7 @@ static const char *const refusal_names[_REFUSE_MAX] = {
         [REFUSE_ACL] = "acl",
         [REFUSE_PROXY] = "proxy",
         [REFUSE_FORK] = "fork-failed",
+        [REFUSE_SPAWNER] = "spawner-failed",
 };
 
 const char *refusal_name(Refusal r) {

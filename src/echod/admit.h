@@ -16,6 +16,7 @@ typedef enum Refusal {
         REFUSE_ACL,             /* denied by allow/deny */
         REFUSE_PROXY,           /* PROXY header untrusted, malformed or missing */
         REFUSE_FORK,            /* fork() failed */
+        REFUSE_SPAWNER,         /* the spawner that took it died, or was killed stuck, before forking */
         _REFUSE_MAX,
 } Refusal;
 

@@ -6,7 +6,11 @@
  * with no_new_privs and the fd and core limits; every child inherits all of it for free. Loading
  * a filter costs a BPF compilation (JIT) in the kernel: 30-70 us per process on this machine,
  * more than the rest of a short connection (bench/FINDINGS.md). Each child only sets
- * RLIMIT_NPROC to 0, so the fork() the filter must allow the spawner is useless to it. */
+ * RLIMIT_NPROC to 0, so the fork() the filter must allow the spawner is useless to it: the kernel
+ * holds every uid but root to that limit, and the master never runs children as root (main.c).
+ *
+ * What a child has: its connection as fd 3, /dev/null as stdin, stdout and stderr, a copy of the
+ * spawner's private memory, nothing shared with any other process. */
 #include "echod/child.h"
 
 #include <fcntl.h>
@@ -98,14 +102,9 @@ static int sandbox_enter_child(const SpawnSandbox *s) {
         return setrlimit(RLIMIT_NPROC, &none) < 0 ? negative_errno() : 0;
 }
 
-_Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, const SpawnSandbox *sb,
-                          char *title_area, size_t title_size) {
+_Noreturn void child_main(int fd, const SpawnConnection *req, const SpawnSandbox *sb, char *title_area,
+                          size_t title_size) {
         const uint64_t term = UINT64_C(1) << (SIGTERM - 1); /* the kernel's sigset_t */
-
-        /* our pid in our slot, as the spawner writes it after fork(): should the spawner die
-         * between the fork and its own write, the master still learns whose child this is */
-        if (slot)
-                atomic_store_explicit(&slot->pid, (uint64_t) syscall(SYS_getpid), memory_order_relaxed);
 
         /* the connection becomes fd 3 (over the spawner's socket); every other fd above stdio goes */
         if (fd != 3) {
@@ -136,5 +135,5 @@ _Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, 
          * wrapper has nothing to add). */
         if (syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, &term, NULL, sizeof(term)) < 0)
                 _exit(WORKER_SETUP_FAILED);
-        _exit(worker_echo(fd, slot, &req->params));
+        _exit(worker_echo(fd, &req->params));
 }

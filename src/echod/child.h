@@ -16,8 +16,8 @@ int child_prepare_once(void);
  * this fails. */
 int sandbox_enter_spawner(const SpawnSandbox *s);
 
-/* In the freshly forked child: make the connection fd 3 and close every other fd above stdio,
- * write the title over the spawner's argument area, enter the sandbox, echo, and _exit with a
- * WorkerExit. */
-_Noreturn void child_main(int fd, SlotShared *slot, const SpawnConnection *req, const SpawnSandbox *sb,
-                          char *title_area, size_t title_size);
+/* In the freshly forked child: make the connection fd 3 and close every other fd above stdio
+ * (which the master made /dev/null), write the title over the spawner's argument area, enter the
+ * sandbox, echo, and _exit with a WorkerExit. */
+_Noreturn void child_main(int fd, const SpawnConnection *req, const SpawnSandbox *sb, char *title_area,
+                          size_t title_size);

@@ -1,7 +1,8 @@
 /* Admitted connections: slots, per-source counts and counters, from admission to process end.
  *
- * Memory stays proportional to use: the shared mapping and the private arrays are reserved for
- * SLOTS_MAX but only touched as slots are used, and freed slots are reused first (LIFO). */
+ * Memory stays proportional to use: the arrays are reserved for SLOTS_MAX but only touched as
+ * slots are used, and freed slots are reused first (LIFO). Its only I/O: each connection's socket
+ * is held here, its byte counts read from the kernel (connstat.c), and closed at the end. */
 #include "echod/children.h"
 
 #include <errno.h>
@@ -9,12 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "echod/admit.h"
 #include "echod/config.h"
+#include "echod/connstat.h"
+#include "echod/spawn-proto.h"
 #include "echod/worker.h"
 #include "shared/hashmap.h"
 #include "shared/macro.h"
@@ -23,9 +25,8 @@
 _Static_assert(SLOTS_MAX == CONFIG_MAX_CONNECTIONS, "one slot per connection max_connections allows");
 
 struct Children {
-        SlotShared *shared; /* SLOTS_MAX entries, MAP_SHARED */
-        int memfd;          /* ...of this memfd, which echod-spawner maps too */
-        Child *slots;       /* SLOTS_MAX entries, private; pid 0 = free */
+        Child *slots;       /* SLOTS_MAX entries; pid 0 = free */
+        int *fds;           /* SLOTS_MAX entries: each used slot's socket */
         int32_t *free_stack;
         unsigned n_free;
         unsigned next_fresh; /* slots >= next_fresh have never been used */
@@ -40,24 +41,12 @@ int children_new(Children **ret) {
 
         if (!t)
                 return -ENOMEM;
-        /* sparse: pages exist only where slots were used */
-        t->memfd = memfd_create("echod-slots", MFD_CLOEXEC);
-        if (t->memfd < 0 || ftruncate(t->memfd, sizeof(SlotShared) * SLOTS_MAX) < 0) {
-                int r = negative_errno();
-                children_free(t);
-                return r;
-        }
-        t->shared = mmap(NULL, sizeof(SlotShared) * SLOTS_MAX, PROT_READ | PROT_WRITE, MAP_SHARED, t->memfd, 0);
-        if (t->shared == MAP_FAILED) {
-                t->shared = NULL;
-                children_free(t);
-                return -ENOMEM;
-        }
         /* the master's own bookkeeping: MADV_DONTFORK, never part of any process it starts */
         t->slots = mem_alloc_unshared(SLOTS_MAX * sizeof(Child));
+        t->fds = mem_alloc_unshared(SLOTS_MAX * sizeof(int));
         t->free_stack = mem_alloc_unshared(SLOTS_MAX * sizeof(int32_t));
         t->by_pid = hashmap_new(sizeof(pid_t), SLOTS_MAX * 2);
-        if (!t->slots || !t->free_stack || !t->by_pid || source_table_new(&t->sources) < 0) {
+        if (!t->slots || !t->fds || !t->free_stack || !t->by_pid || source_table_new(&t->sources) < 0) {
                 children_free(t);
                 return -ENOMEM;
         }
@@ -68,19 +57,17 @@ int children_new(Children **ret) {
 Children *children_free(Children *t) {
         if (!t)
                 return NULL;
-        if (t->shared)
-                munmap(t->shared, sizeof(SlotShared) * SLOTS_MAX);
-        safe_close(t->memfd);
+        if (t->slots && t->fds)
+                for (unsigned i = 0; i < t->next_fresh; i++)
+                        if (t->slots[i].pid != 0)
+                                safe_close(t->fds[i]);
         mem_free_unshared(t->slots, SLOTS_MAX * sizeof(Child));
+        mem_free_unshared(t->fds, SLOTS_MAX * sizeof(int));
         mem_free_unshared(t->free_stack, SLOTS_MAX * sizeof(int32_t));
         hashmap_free(t->by_pid);
         source_table_free(t->sources);
         free(t);
         return NULL;
-}
-
-int children_memfd(const Children *t) {
-        return t->memfd;
 }
 
 unsigned children_active(const Children *t) {
@@ -103,7 +90,7 @@ static bool slot_valid(const Children *t, int slot) {
         return slot >= 0 && (unsigned) slot < t->next_fresh && t->slots[slot].pid != 0;
 }
 
-int children_admit(Children *t, const Child *info, uint64_t now) {
+int children_admit(Children *t, const Child *info, int fd, uint64_t now) {
         int slot;
 
         if (t->n_free > 0)
@@ -115,12 +102,7 @@ int children_admit(Children *t, const Child *info, uint64_t now) {
         /* cannot fail: the source table holds SLOTS_MAX * 2 keys, and there is one per slot at most */
         (void) source_table_add(t->sources, &info->source);
 
-        SlotShared *s = &t->shared[slot];
-        atomic_store_explicit(&s->bytes_in, 0, memory_order_relaxed);
-        atomic_store_explicit(&s->bytes_out, 0, memory_order_relaxed);
-        atomic_store_explicit(&s->last_active_usec, 0, memory_order_relaxed);
-        atomic_store_explicit(&s->pid, 0, memory_order_relaxed);
-
+        t->fds[slot] = fd;
         t->slots[slot] = *info;
         t->slots[slot].pid = CHILD_PID_PENDING;
         t->slots[slot].adopted = false;
@@ -146,19 +128,20 @@ int children_started(Children *t, int slot, pid_t pid, unsigned spawner) {
         return 0;
 }
 
-/* Give a slot back, with what its child counted. Bytes are the child's own word, so bounded:
- * no more out than in (an echo), and never past what it could have moved. */
-static void release(Children *t, int slot, uint64_t now, ChildRecord *ret) {
+/* Give a slot back, with the bytes the kernel counted on its socket (worker_exit: how its child
+ * ended, -1 if there was none), and close the socket. */
+static void release(Children *t, int slot, uint64_t now, int worker_exit, ChildRecord *ret) {
         Child *c = &t->slots[slot];
-        uint64_t in = atomic_load_explicit(&t->shared[slot].bytes_in, memory_order_relaxed);
-        uint64_t out = atomic_load_explicit(&t->shared[slot].bytes_out, memory_order_relaxed);
+        ConnStat st;
 
+        (void) connstat_read(t->fds[slot], c->header_len, worker_exit, &st);
+        t->fds[slot] = safe_close(t->fds[slot]);
         *ret = (ChildRecord) {
                 .child = *c,
                 .pid = c->pid > 0 ? c->pid : 0,
                 .duration_usec = now > c->start_usec ? now - c->start_usec : 0,
-                .bytes_in = in,
-                .bytes_out = MIN(out, in),
+                .bytes_in = st.in,
+                .bytes_out = st.out,
         };
         source_table_remove(t->sources, &c->source);
         if (c->pid > 0)
@@ -173,8 +156,8 @@ static void release(Children *t, int slot, uint64_t now, ChildRecord *ret) {
 int children_failed(Children *t, int slot, int error, uint64_t now, ChildRecord *ret) {
         if (!slot_valid(t, slot) || t->slots[slot].pid != CHILD_PID_PENDING)
                 return -ENOENT;
-        release(t, slot, now, ret);
-        snprintf(ret->reason, sizeof(ret->reason), "fork-failed");
+        release(t, slot, now, -1, ret);
+        snprintf(ret->reason, sizeof(ret->reason), "%s", error == -ECHILD ? "spawner-failed" : "fork-failed");
         ret->failure = error != -ECANCELED;
         t->counters.accepted--;
         t->counters.fork_failed++;
@@ -186,7 +169,7 @@ int children_exited(Children *t, pid_t pid, int status, uint64_t now, ChildRecor
 
         if (!v)
                 return -ENOENT;
-        release(t, *v, now, ret);
+        release(t, *v, now, WIFEXITED(status) ? WEXITSTATUS(status) : -1, ret);
         if (WIFEXITED(status)) {
                 int code = WEXITSTATUS(status);
                 snprintf(ret->reason, sizeof(ret->reason), "%s", worker_exit_reason(code));
@@ -220,11 +203,8 @@ unsigned children_adopt(Children *t, unsigned spawner) {
         return n;
 }
 
-pid_t children_pending_pid(const Children *t, int slot) {
-        if (!slot_valid(t, slot) || t->slots[slot].pid != CHILD_PID_PENDING)
-                return -ENOENT;
-        uint64_t pid = atomic_load_explicit(&t->shared[slot].pid, memory_order_relaxed);
-        return pid > 0 && pid < (uint64_t) INT32_MAX ? (pid_t) pid : -ENOENT;
+int children_fd(const Children *t, int slot) {
+        return slot_valid(t, slot) ? t->fds[slot] : -ENOENT;
 }
 
 void children_regroup(Children *t, unsigned prefix_v4, unsigned prefix_v6) {
@@ -249,14 +229,14 @@ const Child *children_next(const Children *t, size_t *pos, int *ret_slot) {
         return NULL;
 }
 
-void children_slot_counters(const Children *t, int slot, uint64_t *ret_in, uint64_t *ret_out, uint64_t *ret_last) {
-        const SlotShared *s = &t->shared[slot];
-        uint64_t in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
-        uint64_t out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+void children_stat(const Children *t, int slot, uint64_t *ret_in, uint64_t *ret_out, uint64_t *ret_idle_usec) {
+        ConnStat st = { 0 };
 
-        *ret_in = in;
-        *ret_out = MIN(out, in);
-        *ret_last = atomic_load_explicit(&s->last_active_usec, memory_order_relaxed);
+        if (slot_valid(t, slot))
+                (void) connstat_read(t->fds[slot], t->slots[slot].header_len, -1, &st);
+        *ret_in = st.in;
+        *ret_out = st.out;
+        *ret_idle_usec = st.idle_usec;
 }
 
 bool children_next_source(const Children *t, size_t *pos, IpAddr *ret_source, unsigned *ret_count) {

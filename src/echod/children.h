@@ -1,9 +1,10 @@
 /* Admitted connections: the one owner of each connection's life, from admission to the end of
  * its process.
  *
- * Owns the slot table (a slot per admitted connection; the shared counters its child writes, in
- * slot.h), the per-source counts of admitted connections, and the counters of connections that
- * ended. Verbs only: no logging, no event loop, no I/O. The master logs the records they return.
+ * Owns the slot table (a slot per admitted connection, and its socket: held until the
+ * connection's process is gone, its byte counts read from the kernel — a child writes nothing the
+ * master reads), the per-source counts of admitted connections, and the counters of connections
+ * that ended. Verbs only: no logging, no event loop. The master logs the records they return.
  *
  * A connection's life:
  *   children_admit()    slot taken, counted: pending (handed to the spawner, no process yet)
@@ -22,7 +23,6 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "echod/slot.h"
 #include "shared/ipaddr.h"
 
 #define CHILD_PID_PENDING ((pid_t) -1)
@@ -38,6 +38,7 @@ typedef struct Child {
         IpAddr local;
         IpAddr source;        /* the per-source key it counts under */
         uint64_t start_usec;  /* CLOCK_MONOTONIC, at admission */
+        uint32_t header_len;  /* PROXY header bytes the master read: not the client's payload */
 } Child;
 
 /* How a connection ended, for the log and the counters. */
@@ -46,7 +47,7 @@ typedef struct ChildRecord {
         pid_t pid;
         uint64_t duration_usec;
         uint64_t bytes_in, bytes_out;
-        char reason[48];  /* "clean", "idle-timeout", "killed-by-SIGKILL", "fork-failed", ... */
+        char reason[48];  /* "clean", "idle-timeout", "killed-by-SIGKILL", "fork-failed", "spawner-failed", ... */
         bool failure;     /* an error worth a warning even with log_connections off */
 } ChildRecord;
 
@@ -62,9 +63,8 @@ typedef struct ChildCounters {
 typedef struct Children Children;
 
 int children_new(Children **ret);
+/* Closes every socket still held. */
 Children *children_free(Children *t);
-/* The memfd behind the shared slots, for the spawner to map. */
-int children_memfd(const Children *t);
 
 /* --- counts that decisions read (no scans) --- */
 unsigned children_active(const Children *t);
@@ -73,30 +73,32 @@ unsigned children_source_count(const Children *t, const IpAddr *source);
 const ChildCounters *children_counters(const Children *t);
 
 /* --- verbs --- */
-/* Take a slot for an admitted connection (info->source is its per-source key). Returns the slot
- * or -ENOSPC. */
-int children_admit(Children *t, const Child *info, uint64_t now);
+/* Take a slot for an admitted connection (info->source is its per-source key) and its socket fd,
+ * held (and closed) here from now on. Returns the slot, or -ENOSPC (fd stays the caller's). */
+int children_admit(Children *t, const Child *info, int fd, uint64_t now);
 /* The spawner `spawner` forked slot's child. -ENOENT if the slot is not pending, -EEXIST if the
  * pid is already someone's. */
 int children_started(Children *t, int slot, pid_t pid, unsigned spawner);
-/* No process for slot (fork failed, or the hand-off was lost): frees it. -ENOENT if not pending. */
+/* No process for slot: frees it. error is -ECHILD if the spawner that took it died first (the
+ * reason is then "spawner-failed"), -ECANCELED if dropped at stop, else fork()'s -errno
+ * ("fork-failed"). -ENOENT if not pending. */
 int children_failed(Children *t, int slot, int error, uint64_t now, ChildRecord *ret);
 /* pid's process is gone with wait status: frees its slot. -ENOENT if pid is not a live child. */
 int children_exited(Children *t, pid_t pid, int status, uint64_t now, ChildRecord *ret);
 /* Spawner `spawner` has exited: its live children are the master's own now (it is their
  * subreaper). Returns how many. */
 unsigned children_adopt(Children *t, unsigned spawner);
-/* A pending slot whose spawner died before reporting: the pid it wrote into the shared page
- * after forking, if any (a hint: the caller checks it is really its child). -ENOENT otherwise. */
-pid_t children_pending_pid(const Children *t, int slot);
+/* The socket held for slot (to find which process has it, when its spawner died before saying),
+ * or -ENOENT. */
+int children_fd(const Children *t, int slot);
 /* New prefix lengths: re-key every admitted connection's per-source count. Cannot fail. */
 void children_regroup(Children *t, unsigned prefix_v4, unsigned prefix_v6);
 
 /* --- reading --- */
 /* Iterate admitted connections (pending ones too): start with *pos = 0; returns NULL at the end. */
 const Child *children_next(const Children *t, size_t *pos, int *ret_slot);
-/* Live counters of a slot (written by its child: hints, bounded by the caller). */
-void children_slot_counters(const Children *t, int slot, uint64_t *ret_in, uint64_t *ret_out, uint64_t *ret_last);
+/* A slot's bytes so far and idle time, from the kernel (connstat.h); zeros if it cannot say. */
+void children_stat(const Children *t, int slot, uint64_t *ret_in, uint64_t *ret_out, uint64_t *ret_idle_usec);
 /* Iterate per-source counts: start with *pos = 0. */
 bool children_next_source(const Children *t, size_t *pos, IpAddr *ret_source, unsigned *ret_count);
 const Child *children_get_by_pid(const Children *t, pid_t pid);

@@ -5,12 +5,14 @@
 
 #include <confuse.h>
 #include <errno.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "echod/config-text.h"
 #include "echod/config-values.h"
@@ -404,6 +406,19 @@ static int config_check(const Config *c) {
         if (c->group[0] && !c->user[0]) {
                 parse_error_at(key_line("group"), "group: set only together with user");
                 return -EINVAL;
+        }
+        /* started as root, echod runs as `user`: never as root itself, for its children would be
+         * root too, and the kernel does not hold uid 0 to RLIMIT_NPROC 0, the limit that keeps a
+         * compromised child from forking (echod(8), SECURITY) */
+        if (geteuid() == 0) {
+                struct passwd *pw = c->user[0] ? getpwnam(c->user) : NULL;
+                if (!c->user[0] || (pw && pw->pw_uid == 0)) {
+                        parse_error_at(key_line("user"),
+                                       "user: '%s' would run every connection's process as root, where the "
+                                       "sandbox cannot stop it forking; name an unprivileged user (e.g. nobody)",
+                                       c->user);
+                        return -EINVAL;
+                }
         }
         for (unsigned i = 0; i < c->deny.n; i++)
                 for (unsigned j = 0; j < c->allow.n; j++)

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "build-config.h"
@@ -154,6 +155,26 @@ static int drop_privileges(const Config *c) {
         return 0;
 }
 
+/* The master holds every admitted connection's socket until its process is gone (children.c), on
+ * top of its listeners and the connections waiting: the soft limit on open files goes up to the
+ * hard one, and a hard one too low for max_connections is said once. */
+#define NOFILE_RESERVE 1024
+static void raise_nofile(const Config *c) {
+        rlim_t want = (rlim_t) c->max_connections + NOFILE_RESERVE;
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                return;
+        if (rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (rl.rlim_cur < want)
+                log_warning("max_connections = %u needs about %llu open files but the limit is %llu: "
+                            "connections beyond it wait or are refused (raise LimitNOFILE=)",
+                            c->max_connections, (unsigned long long) want, (unsigned long long) rl.rlim_cur);
+}
+
 /* Start from known dispositions, once, so no child has to reset 64 of them: all default, but
  * SIGPIPE ignored (a closed peer or log pipe is EPIPE, never death). */
 static void reset_signals(void) {
@@ -202,6 +223,7 @@ int main(int argc, char *argv[], char *envp[]) {
                 return query_status(config);
 
         log_setup(arg_stderr);
+        raise_nofile(config);
         /* until detached, the operator's terminal is the starting process's stderr: syslog alone
          * (possibly absent) would leave "echod" failing with exit 1 and no word */
         if (!arg_foreground && log_get_target() != LOG_TARGET_STDERR)

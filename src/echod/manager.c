@@ -50,7 +50,6 @@ struct Manager {
         char last_status[512];
         uint64_t started_realtime, started_monotonic, loaded_realtime;
         unsigned reloads;
-        Orphans *orphans;
 };
 
 /* --- connection records ---------------------------------------------------------------------- */
@@ -75,12 +74,10 @@ static void log_record(Manager *m, const ChildRecord *rec) {
 static void child_exited(Manager *m, pid_t pid, int status) {
         ChildRecord rec;
 
-        if (children_exited(m->children, pid, status, now_usec(), &rec) < 0) {
-                /* not (yet) known: an orphan of a spawner whose death is still to be read, or
-                 * whose hand-off is not resolved yet */
-                orphans_note_exit(m->orphans, pid, status);
+        /* one not known is a dead spawner's child it never reported: its hand-off ends in
+         * lost(), which finds no process holding the connection any more */
+        if (children_exited(m->children, pid, status, now_usec(), &rec) < 0)
                 return;
-        }
         accept_slots_freed(m->accept);
         log_record(m, &rec);
 }
@@ -92,7 +89,8 @@ static void child_failed(Manager *m, int slot, int error) {
                 return;
         accept_slots_freed(m->accept);
         if (error != -ECANCELED)
-                accept_note_refusal(m->accept, REFUSE_FORK, &rec.child, NULL, error);
+                accept_note_refusal(m->accept, error == -ECHILD ? REFUSE_SPAWNER : REFUSE_FORK, &rec.child, NULL,
+                                    error);
 }
 
 /* --- accept's callback --------------------------------------------------------------------------- */
@@ -107,7 +105,7 @@ static int on_admit(void *userdata, int fd, const Child *info) {
                 .max_bytes = c->max_bytes,
         };
         char title[SPAWN_TITLE_MAX], peer[IPADDR_STR_MAX];
-        int slot = children_admit(m->children, info, now_usec());
+        int slot = children_admit(m->children, info, fd, now_usec());
 
         if (slot < 0)
                 return slot;
@@ -134,50 +132,32 @@ static void on_exited(void *userdata, pid_t pid, int status) {
         child_exited(userdata, pid, status);
 }
 
-/* A process of ours that the dead spawner forked: whether it lives, exited (reaped by us in this
- * batch, or just now), or was never ours. */
-static int resolve(Manager *m, pid_t pid, int *ret_status) {
-        if (orphans_take_exit(m->orphans, pid, ret_status))
-                return 1;
+/* A process of ours that the dead spawner forked: whether it lives (0), exited (1, reaped now), or
+ * is not ours (-ECHILD: the spawner reaped it and never said). */
+static int resolve(pid_t pid, int *ret_status) {
         pid_t r = waitpid(pid, ret_status, WNOHANG);
         return r == pid ? 1 : r == 0 ? 0 : -ECHILD;
 }
 
-/* A hand-off its spawner took and died with: the pid in its slot (written by the child, or by the
- * spawner after fork) is believed only for a child of ours that nobody else is. Returns false if
- * there is no pid yet. */
-static bool resolve_lost(Manager *m, int slot, unsigned spawner) {
-        pid_t pid = children_pending_pid(m->children, slot);
-        int status, r;
-
-        if (pid <= 0)
-                return false;
-        if ((r = resolve(m, pid, &status)) < 0 || children_started(m->children, slot, pid, spawner) < 0) {
-                child_failed(m, slot, -ECHILD);
-                return true;
-        }
-        (void) children_adopt(m->children, spawner);
-        if (r > 0)
-                child_exited(m, pid, status);
-        else if (m->stopping)
-                (void) kill(pid, m->stop_signal);
-        return true;
+static bool known_child(void *userdata, pid_t pid) {
+        Manager *m = userdata;
+        return children_get_by_pid(m->children, pid) != NULL;
 }
 
-static bool on_orphan_resolve(void *userdata, int slot, unsigned spawner) {
-        return resolve_lost(userdata, slot, spawner);
-}
-
-static void on_orphan_expire(void *userdata, int slot) {
-        child_failed(userdata, slot, -ECHILD); /* no child ever said it was there */
-}
-
+/* A hand-off its spawner took and died with: its process, if the spawner forked one, is ours now
+ * and holds the connection's socket. */
 static void on_lost(void *userdata, int slot, unsigned spawner) {
         Manager *m = userdata;
+        int fd = children_fd(m->children, slot);
+        pid_t pid = fd >= 0 ? orphans_find_holder(fd, known_child, m) : -ENOENT;
 
-        /* forked, perhaps, but the child has not run yet: it stays counted while we look again */
-        if (!resolve_lost(m, slot, spawner) && orphans_track(m->orphans, slot, spawner) < 0)
-                child_failed(m, slot, -ENOMEM);
+        if (pid <= 0 || children_started(m->children, slot, pid, spawner) < 0) {
+                child_failed(m, slot, -ECHILD);
+                return;
+        }
+        (void) children_adopt(m->children, spawner);
+        if (m->stopping)
+                (void) kill(pid, m->stop_signal);
 }
 
 static void on_gone(void *userdata, unsigned spawner, pid_t pid, int status, bool retired) {
@@ -192,7 +172,7 @@ static void on_gone(void *userdata, unsigned spawner, pid_t pid, int status, boo
                 if (c->spawner != spawner || c->pid <= 0)
                         continue;
                 pid_t p = c->pid;
-                int r = resolve(m, p, &st);
+                int r = resolve(p, &st);
                 if (r != 0) {
                         child_exited(m, p, r > 0 ? st : W_EXITCODE(255, 0));
                         adopted--;
@@ -210,6 +190,11 @@ static void on_gone(void *userdata, unsigned spawner, pid_t pid, int status, boo
                           WEXITSTATUS(status),
                           WEXITSTATUS(status) == SPAWN_EXIT_SANDBOX ? " (it could not enter the sandbox)" : "",
                           adopted);
+}
+
+static void on_stuck(void *userdata, pid_t pid, uint64_t stalled_usec, unsigned waiting) {
+        log_error("echod-spawner (pid %d) took no hand-off for %llu s with %u waiting: killing it", (int) pid,
+                  (unsigned long long) (stalled_usec / USEC_PER_SEC), waiting);
 }
 
 static void on_restarted(void *userdata, pid_t pid, int error) {
@@ -235,7 +220,6 @@ static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, voi
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
                 if (!spawner_reaped(m->spawner, pid, status))
                         child_exited(m, pid, status);
-        orphans_reaped(m->orphans);
         return 0;
 }
 
@@ -456,8 +440,8 @@ static void check_invariants(Manager *m) {
         if (children_check(m->children, &what) < 0 || accept_check(m->accept, &what) < 0)
                 goto broken;
         /* every pending slot is a hand-off the spawner side holds, queued or in flight */
-        if (children_pending(m->children) != sp.queued + sp.in_flight + orphans_tracked(m->orphans)) {
-                what = "pending slots != hand-offs queued, in flight or lost and unresolved";
+        if (children_pending(m->children) != sp.queued + sp.in_flight) {
+                what = "pending slots != hand-offs queued or in flight";
                 goto broken;
         }
         /* a lower limit from a reload is reached by attrition: nobody is admitted above it */
@@ -495,9 +479,9 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
                 .gone = on_gone,
                 .lost = on_lost,
                 .restarted = on_restarted,
+                .stuck = on_stuck,
         };
         static const AcceptCallbacks accept_cb = { .admit = on_admit };
-        static const OrphansCallbacks orphans_cb = { .resolve = on_orphan_resolve, .expire = on_orphan_expire };
         _cleanup_(closep) int cfd = control_fd;
         Manager *m = calloc(1, sizeof(Manager));
         int r;
@@ -529,9 +513,7 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
         if (r >= 0)
                 r = sandbox_new(config->sandbox, &m->sandbox);
         if (r >= 0)
-                r = orphans_new(m->event, &orphans_cb, m, &m->orphans);
-        if (r >= 0)
-                r = spawner_new(m->event, children_memfd(m->children), &spawner_cb, m, &m->spawner);
+                r = spawner_new(m->event, &spawner_cb, m, &m->spawner);
         if (r >= 0 && cfd >= 0)
                 r = control_new(m->event, TAKE_FD(cfd), report, m, &m->control);
         if (r < 0) {
@@ -553,7 +535,6 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->status_timer);
         sd_event_source_disable_unref(m->watchdog_timer);
         sd_event_source_disable_unref(m->shutdown_timer);
-        orphans_free(m->orphans);
         sd_event_unref(m->event);
         children_free(m->children);
         sandbox_free(m->sandbox);

@@ -105,6 +105,8 @@ static int advance(Waiter *x) {
         if (r == 0)
                 return 0;
         Child info = x->info;
+        if (r > 0)
+                info.header_len = (uint32_t) r;
         if (r > 0 && h.command == PROXY_CMD_PROXY && h.has_addresses) {
                 info.peer = h.src;
                 info.proxied = true;

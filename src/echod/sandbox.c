@@ -25,23 +25,29 @@ struct Sandbox {
 };
 
 /* What the echo loop needs (worker.c, child.c), and the spawner's loop (spawner-main.c): the
- * filter is loaded once into the spawner and inherited by every child. Of the spawner's calls a
- * child could misuse only clone, and its RLIMIT_NPROC is 0; kill is no more than tgkill, which
- * abort() needs anyway. prlimit64 is allowed on the caller only (below): a child cannot lower
- * the master's limits. */
+ * filter is loaded once into the spawner and inherited by every child, so it must let a child do
+ * nothing that reaches beyond its own connection (echod(8), SECURITY):
+ *   - no way to signal: no kill, tgkill, tkill, rt_sigqueueinfo, pidfd_*; fcntl only F_GETFL and
+ *     F_SETFL (F_SETOWN/F_SETSIG would aim SIGIO at another process). The master signals the
+ *     children through the spawner's process group instead; abort() ends in SIGSYS, not SIGABRT.
+ *   - no new file descriptors beyond dup3 of its own (RLIMIT_NOFILE 16): no open, socket, pipe,
+ *     accept, memfd; no mmap, so no memory shared with anyone.
+ *   - of the spawner's calls, only clone could serve a child, and its RLIMIT_NPROC is 0 (the
+ *     master refuses to run children as root, whom the kernel does not hold to it).
+ *   - prlimit64 on the caller only, setsockopt for SO_RCVTIMEO only (below). */
 static const int allowed[] = {
         /* the echo loop; its two calls per echo first (the filter tests in this order) */
         SCMP_SYS(recvfrom),     SCMP_SYS(sendto),     SCMP_SYS(read),         SCMP_SYS(write),
         SCMP_SYS(readv),        SCMP_SYS(writev),     SCMP_SYS(recvmsg),      SCMP_SYS(sendmsg),
-        SCMP_SYS(ppoll),        SCMP_SYS(poll),       SCMP_SYS(fcntl),        SCMP_SYS(shutdown),
+        SCMP_SYS(ppoll),        SCMP_SYS(poll),       SCMP_SYS(shutdown),
         SCMP_SYS(close),        SCMP_SYS(getsockopt),
         SCMP_SYS(clock_gettime), SCMP_SYS(gettimeofday), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask),
         SCMP_SYS(restart_syscall), SCMP_SYS(exit),    SCMP_SYS(exit_group),   SCMP_SYS(getpid),
-        SCMP_SYS(gettid),       SCMP_SYS(tgkill), /* abort() */
+        SCMP_SYS(gettid),
         /* a child's setup after fork */
         SCMP_SYS(set_robust_list), SCMP_SYS(dup3),    SCMP_SYS(close_range),
-        /* the spawner: fork, reap, signal */
-        SCMP_SYS(clone),        SCMP_SYS(wait4),      SCMP_SYS(kill),
+        /* the spawner: fork, reap */
+        SCMP_SYS(clone),        SCMP_SYS(wait4),
 #if defined(__SANITIZE_ADDRESS__)
         /* the sanitizer runtimes allocate and report on their own */
         SCMP_SYS(mmap),         SCMP_SYS(munmap),     SCMP_SYS(madvise),      SCMP_SYS(brk),
@@ -65,6 +71,10 @@ static int compile_filter(struct sock_fprog *ret) {
         /* setrlimit(): a child's RLIMIT_NPROC, pid 0 = itself */
         if (r >= 0)
                 r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 1, SCMP_A0(SCMP_CMP_EQ, 0));
+        /* the worker making its socket blocking (fd_set_nonblock) */
+        for (unsigned i = 0; i < 2 && r >= 0; i++)
+                r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
+                                     SCMP_A1(SCMP_CMP_EQ, i == 0 ? F_GETFL : F_SETFL));
         /* the worker's receive timeout (its deadlines, and a drain cutting a wait short) */
         if (r >= 0)
                 r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setsockopt), 2, SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET),

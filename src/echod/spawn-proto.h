@@ -12,9 +12,10 @@
 
 #include "echod/worker.h"
 
-/* the spawner's end of the socketpair and the slot table's memfd, as the spawner sees them */
+/* the spawner's end of the socketpair, as the spawner sees it */
 #define SPAWN_FD_SOCKET 3
-#define SPAWN_FD_SLOTS 4
+/* slot numbers run below this: one per connection max_connections allows */
+#define SLOTS_MAX 65536
 
 /* the child's process title ("echod: PEER") fits in the spawner's argument area */
 #define SPAWN_TITLE_MAX 64
@@ -24,12 +25,11 @@
 typedef enum SpawnRequestType {
         SPAWN_CONNECTION = 1, /* + SCM_RIGHTS: the connection; fork a child for it */
         SPAWN_SANDBOX,        /* first, and once: the spawner enters the sandbox its children inherit */
-        SPAWN_SIGNAL,         /* send a signal to every live child (drain: SIGTERM, then SIGKILL) */
 } SpawnRequestType;
 
 typedef struct SpawnConnection {
         uint32_t type;
-        uint32_t slot; /* index into the shared slot table, chosen by the master */
+        uint32_t slot; /* the master's number for the connection, below SLOTS_MAX */
         WorkerParams params;
         char title[SPAWN_TITLE_MAX]; /* NUL-terminated */
 } SpawnConnection;
@@ -41,16 +41,10 @@ typedef struct SpawnSandbox {
         struct sock_filter filter[SPAWN_FILTER_MAX];
 } SpawnSandbox;
 
-typedef struct SpawnSignal {
-        uint32_t type;
-        int32_t signal;
-} SpawnSignal;
-
 typedef union SpawnRequest {
         uint32_t type;
         SpawnConnection connection;
         SpawnSandbox sandbox;
-        SpawnSignal signal;
 } SpawnRequest;
 
 /* spawner → master: one datagram carries up to SPAWN_EVENTS_MAX events, in order */

@@ -1,13 +1,14 @@
 /* echod-spawner: forks one child per connection the master hands over, and reaps them.
  *
- * The master starts it once (spawner.c) with its end of a SOCK_SEQPACKET socketpair as fd 3 and
- * the slot table's memfd as fd 4. It is linked statically and allocates almost nothing, so a
+ * The master starts it once (spawner.c) with its end of a SOCK_SEQPACKET socketpair as fd 3,
+ * /dev/null as stdio, in a process group of its own (the master signals its children through
+ * it: the sandbox leaves this process no kill()). It is linked statically and allocates almost nothing, so a
  * fork() copies a dozen mappings and a few dirty pages instead of the master's address space:
  * that is the whole point of it (bench/FINDINGS.md). It never logs (the master does, from the
  * events it is sent) and exits when the master's end closes.
  *
  * Loop: poll the socket and a SIGCHLD signalfd; reap every exited child; read requests (fork for
- * each connection, store the sandbox, signal all children); send the events in batches. A
+ * each connection, store the sandbox); send the events in batches. A
  * master that stops reading makes the spawner stop reading and reaping, never grow. */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,7 +23,6 @@
 #include <unistd.h>
 
 #include "echod/child.h"
-#include "echod/slot.h"
 #include "shared/hashmap.h"
 #include "shared/macro.h"
 #include "shared/mem.h"
@@ -37,8 +37,7 @@
 enum { EXIT_OK = 0, EXIT_SETUP = SPAWN_EXIT_SETUP, EXIT_SANDBOX = SPAWN_EXIT_SANDBOX };
 
 /* Set once at start (or at the first SPAWN_SANDBOX) and only read after: these pages stay shared
- * with every child. */
-static SlotShared *slots;
+ * with every child (copy-on-write: written, a page becomes the writer's own). */
 static HashMap *live; /* pid → slot of every child not yet reaped */
 static SpawnSandbox sandbox; /* the children read it */
 static bool sandbox_set;
@@ -113,27 +112,13 @@ static void spawn(const SpawnConnection *request, int fd) {
          * the child allocates nothing */
         pid = _Fork();
         if (pid == 0)
-                child_main(fd, &slots[req.slot], &req, &sandbox, title_area, title_size);
+                child_main(fd, &req, &sandbox, title_area, title_size);
         if (pid < 0) {
                 push_event(SPAWN_FAILED, req.slot, 0, negative_errno());
                 return;
         }
-        /* for the master, should this process die before the STARTED event is sent */
-        atomic_store_explicit(&slots[req.slot].pid, (uint64_t) pid, memory_order_relaxed);
         (void) hashmap_put(live, &pid, (int32_t) req.slot);
         push_event(SPAWN_STARTED, req.slot, pid, 0);
-}
-
-static void signal_all(int sig) {
-        const void *key;
-        size_t pos = 0;
-        int32_t slot;
-
-        while (hashmap_next(live, &pos, &key, &slot)) {
-                pid_t pid;
-                memcpy(&pid, key, sizeof(pid));
-                (void) kill(pid, sig);
-        }
 }
 
 /* Read and act on up to BATCH requests. Returns 0, 1 when the master closed its end, or -errno
@@ -174,8 +159,6 @@ static int read_requests(int sock) {
                         if (r < 0)
                                 return r;
                 }
-                else if (req->type == SPAWN_SIGNAL && n == sizeof(SpawnSignal))
-                        signal_all(req->signal.signal);
                 else if (req->type == SPAWN_CONNECTION)
                         push_event(SPAWN_FAILED, n >= (ssize_t) sizeof(SpawnConnection) ? req->connection.slot : 0,
                                    0, -EBADMSG);
@@ -195,10 +178,6 @@ int main(int argc, char *argv[]) {
         title_area = argv[0];
         title_size = (size_t) (argv[argc - 1] + strlen(argv[argc - 1]) + 1 - argv[0]);
 
-        slots = mmap(NULL, sizeof(SlotShared) * SLOTS_MAX, PROT_READ | PROT_WRITE, MAP_SHARED, SPAWN_FD_SLOTS, 0);
-        if (slots == MAP_FAILED)
-                return EXIT_SETUP;
-        (void) close(SPAWN_FD_SLOTS);
         live = hashmap_new(sizeof(pid_t), SLOTS_MAX * 2);
         st = mem_alloc_unshared(sizeof(State));
         if (!live || !st || child_prepare_once() < 0)

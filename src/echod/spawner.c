@@ -28,10 +28,12 @@ _Static_assert(sizeof("echod: spawner") + TITLE_PAD > SPAWN_TITLE_MAX, "a child'
 #define RESTART_HOLDOFF_USEC USEC_PER_SEC
 /* how long a retired process, or every process at exit, gets to go after its socket is closed */
 #define STOP_WAIT_USEC (2 * USEC_PER_SEC)
+/* no progress for this long with work waiting: "stuck" in status */
+#define STUCK_USEC USEC_PER_SEC
 
 typedef struct Handoff {
         SpawnConnection req;
-        int fd; /* -1 once sent */
+        int fd; /* borrowed: the caller's until started/failed/lost */
         struct Handoff *next;
 } Handoff;
 
@@ -48,7 +50,6 @@ struct SpawnerProc {
         sd_event_source *io;
         sd_event_source *retire_timer;
         bool retiring;
-        int signal_pending; /* a SPAWN_SIGNAL the socket had no room for (the latest wins) */
         HandoffList in_flight; /* sent, STARTED/FAILED not seen yet, in order */
         uint64_t started_usec;
         SpawnerProc *next;
@@ -56,14 +57,14 @@ struct SpawnerProc {
 
 struct Spawner {
         sd_event *event;
-        int slots_memfd;
         SpawnerCallbacks cb;
         void *userdata;
         const Sandbox *sandbox; /* what the current process runs, and a restart gets */
         SpawnerProc *current;   /* NULL between a death and its restart */
         SpawnerProc *procs;     /* every process not reaped yet, current included */
         HandoffList queue;      /* admitted, not sent */
-        sd_event_source *restart_timer;
+        uint64_t progress_usec; /* the current process last took or reported a hand-off, or got work */
+        sd_event_source *restart_timer, *deadline_timer;
         unsigned next_gen, restarts;
         bool stopping;
 };
@@ -134,17 +135,60 @@ static Handoff *list_pop(HandoffList *l) {
         return h;
 }
 
-static void handoff_free(Handoff *h) {
-        safe_close(h->fd);
-        free(h);
+/* --- the deadline ---------------------------------------------------------------------------- */
+
+/* Hand-offs the current process owes us: queued for it, or sent and not reported. */
+static unsigned waiting(const Spawner *s) {
+        return s->queue.n + (s->current ? s->current->in_flight.n : 0);
+}
+
+static void proc_kill(SpawnerProc *p);
+static int on_restart(sd_event_source *src, uint64_t usec, void *userdata);
+
+static int on_deadline(sd_event_source *src, uint64_t usec, void *userdata) {
+        Spawner *s = userdata;
+        SpawnerProc *p = s->current;
+        uint64_t now = now_usec();
+
+        if (!p || waiting(s) == 0)
+                return sd_event_source_set_enabled(src, SD_EVENT_OFF);
+        if (now < s->progress_usec + SPAWNER_HANDOFF_TIMEOUT_USEC) {
+                /* it moved since: look again a deadline after its last progress */
+                (void) sd_event_source_set_time(src, s->progress_usec + SPAWNER_HANDOFF_TIMEOUT_USEC);
+                return sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
+        }
+        /* stopped, or stuck: it is killed and replaced now; what it took is resolved when it is
+         * reaped (lost()), what is queued goes to the replacement */
+        s->cb.stuck(s->userdata, p->pid, now - s->progress_usec, waiting(s));
+        p->retiring = true;
+        s->current = NULL;
+        proc_kill(p);
+        (void) sd_event_source_set_enabled(src, SD_EVENT_OFF);
+        if (!s->stopping) {
+                s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+                if (sd_event_add_time_relative(s->event, &s->restart_timer, CLOCK_MONOTONIC, 0, 0, on_restart, s) < 0)
+                        s->cb.restarted(s->userdata, 0, -ENOMEM);
+        }
+        return 0;
+}
+
+/* Work was given to a process that owed nothing: its clock starts now. */
+static void deadline_start(Spawner *s) {
+        s->progress_usec = now_usec();
+        if (!s->deadline_timer) {
+                if (sd_event_add_time(s->event, &s->deadline_timer, CLOCK_MONOTONIC,
+                                      s->progress_usec + SPAWNER_HANDOFF_TIMEOUT_USEC, 100 * USEC_PER_MSEC,
+                                      on_deadline, s) < 0)
+                        s->deadline_timer = NULL; /* no deadline, but the service goes on */
+                return;
+        }
+        if (sd_event_source_get_enabled(s->deadline_timer, NULL) == 0) {
+                (void) sd_event_source_set_time(s->deadline_timer, s->progress_usec + SPAWNER_HANDOFF_TIMEOUT_USEC);
+                (void) sd_event_source_set_enabled(s->deadline_timer, SD_EVENT_ONESHOT);
+        }
 }
 
 /* --- sending --------------------------------------------------------------------------------- */
-
-static int send_signal(SpawnerProc *p, int sig) {
-        SpawnSignal req = { .type = SPAWN_SIGNAL, .signal = sig };
-        return send(p->fd, &req, sizeof(req), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
-}
 
 /* Send one hand-off. Returns 0, -EAGAIN (later) or another -errno. */
 static int send_connection(SpawnerProc *p, Handoff *h) {
@@ -165,28 +209,26 @@ static int send_connection(SpawnerProc *p, Handoff *h) {
 }
 
 static void update_io(SpawnerProc *p) {
-        bool more = p->signal_pending || (p == p->owner->current && p->owner->queue.head);
+        bool more = p == p->owner->current && p->owner->queue.head;
 
         if (p->io)
                 (void) sd_event_source_set_io_events(p->io, EPOLLIN | (more ? EPOLLOUT : 0));
 }
 
-/* Send what waits for p (a signal, then, if it is current, the queue) until its socket is full. A
- * socket that fails otherwise is left alone: the process is dying, and its reaping says so. */
+/* Send the queue to p, if it is current, until its socket is full. A socket that fails otherwise
+ * is left alone: the process is dying, and its reaping says so. */
 static void flush(SpawnerProc *p) {
         Spawner *s = p->owner;
 
         if (p->fd < 0)
                 return;
-        if (p->signal_pending && send_signal(p, p->signal_pending) != -EAGAIN)
-                p->signal_pending = 0;
-        while (!p->signal_pending && p == s->current && !p->retiring && s->queue.head) {
+        while (p == s->current && !p->retiring && s->queue.head) {
                 Handoff *h = s->queue.head;
                 if (send_connection(p, h) < 0)
                         break;
                 list_pop(&s->queue);
-                h->fd = safe_close(h->fd);
                 list_push(&p->in_flight, h);
+                s->progress_usec = now_usec();
         }
         update_io(p);
 }
@@ -195,13 +237,14 @@ void spawner_handoff(Spawner *s, int fd, int slot, const WorkerParams *params, c
         Handoff *h = calloc(1, sizeof(Handoff));
 
         if (!h) {
-                safe_close(fd);
                 s->cb.failed(s->userdata, slot, -ENOMEM);
                 return;
         }
         h->fd = fd;
         h->req = (SpawnConnection) { .type = SPAWN_CONNECTION, .slot = (uint32_t) slot, .params = *params };
         snprintf(h->req.title, sizeof(h->req.title), "%s", title);
+        if (waiting(s) == 0)
+                deadline_start(s);
         list_push(&s->queue, h);
         if (s->current)
                 flush(s->current);
@@ -213,9 +256,10 @@ unsigned spawner_drop_queue(Spawner *s) {
 
         s->stopping = true;
         s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+        s->deadline_timer = sd_event_source_disable_unref(s->deadline_timer);
         while ((h = list_pop(&s->queue))) {
                 int slot = (int) h->req.slot;
-                handoff_free(h);
+                free(h);
                 s->cb.failed(s->userdata, slot, -ECANCELED);
                 n++;
         }
@@ -225,15 +269,12 @@ unsigned spawner_drop_queue(Spawner *s) {
 }
 
 void spawner_signal(Spawner *s, int sig) {
-        for (SpawnerProc *p = s->procs; p; p = p->next) {
-                if (p->fd < 0)
-                        continue;
-                p->signal_pending = sig;
-                flush(p);
-        }
+        /* each process leads a group its children are in; until the master reaps it, neither its
+         * pid nor its group can name anyone else. It keeps SIGTERM blocked; SIGKILL ends it too. */
+        for (SpawnerProc *p = s->procs; p; p = p->next)
+                if (p->pid > 0)
+                        (void) kill(-p->pid, sig);
 }
-
-static void proc_kill(SpawnerProc *p);
 
 void spawner_kill(Spawner *s) {
         for (SpawnerProc *p = s->procs; p; p = p->next)
@@ -262,6 +303,8 @@ static unsigned handle_event(SpawnerProc *p, const SpawnEvent *e) {
         Spawner *s = p->owner;
         Handoff *h;
 
+        if (p == s->current)
+                s->progress_usec = now_usec();
         switch (e->type) {
         case SPAWN_STARTED:
                 if ((h = take_in_flight(p, e->slot))) {
@@ -320,7 +363,7 @@ static void close_channel(SpawnerProc *p) {
 }
 
 static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
-        _cleanup_(closep) int mine = -1, theirs = -1, slots = -1;
+        _cleanup_(closep) int mine = -1, theirs = -1;
         posix_spawn_file_actions_t fa;
         posix_spawnattr_t attr;
         char *argv[2 + TITLE_PAD] = { (char *) "echod: spawner" };
@@ -340,9 +383,6 @@ static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
         safe_close(pair[1]);
         if (theirs < 0)
                 return negative_errno();
-        slots = fcntl(s->slots_memfd, F_DUPFD_CLOEXEC, 10);
-        if (slots < 0)
-                return negative_errno();
         SpawnerProc *p = calloc(1, sizeof(SpawnerProc));
         if (!p)
                 return -ENOMEM;
@@ -351,9 +391,17 @@ static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
         posix_spawn_file_actions_init(&fa);
         posix_spawnattr_init(&attr);
         posix_spawn_file_actions_adddup2(&fa, theirs, SPAWN_FD_SOCKET);
-        posix_spawn_file_actions_adddup2(&fa, slots, SPAWN_FD_SLOTS);
+        /* nothing of ours but its socket: no journal stream, no terminal (a sanitizer build keeps
+         * stderr, where the sanitizers report) */
+        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDWR, 0);
+        posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDOUT_FILENO);
+#if !defined(__SANITIZE_ADDRESS__)
+        posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDERR_FILENO);
+#endif
         posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+        /* a process group of its own, which its children join: spawner_signal() */
+        posix_spawnattr_setpgroup(&attr, 0);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
         r = -posix_spawn(&pid, spawner_path(), &fa, &attr, argv, envp);
         posix_spawn_file_actions_destroy(&fa);
         posix_spawnattr_destroy(&attr);
@@ -428,6 +476,8 @@ void spawner_commit(Spawner *s, SpawnerProc *p, const Sandbox *sb) {
         s->sandbox = sb;
         s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
         s->restarts++;
+        if (waiting(s) > 0)
+                deadline_start(s);
         flush(p);
 }
 
@@ -456,6 +506,8 @@ static int on_restart(sd_event_source *src, uint64_t usec, void *userdata) {
         s->current = p;
         s->restarts++;
         s->cb.restarted(s->userdata, p->pid, 0);
+        if (waiting(s) > 0)
+                deadline_start(s);
         flush(p);
         return 0;
 }
@@ -466,7 +518,7 @@ static void proc_free(SpawnerProc *p) {
         close_channel(p);
         sd_event_source_disable_unref(p->retire_timer);
         while ((h = list_pop(&p->in_flight)))
-                handoff_free(h);
+                free(h);
         free(p);
 }
 
@@ -490,7 +542,7 @@ bool spawner_reaped(Spawner *s, pid_t pid, int status) {
         s->cb.gone(s->userdata, p->gen, pid, status, retired);
         while ((h = list_pop(&p->in_flight))) {
                 int slot = (int) h->req.slot;
-                handoff_free(h);
+                free(h);
                 s->cb.lost(s->userdata, slot, p->gen);
         }
         uint64_t lived = now_usec() - p->started_usec;
@@ -506,12 +558,12 @@ bool spawner_reaped(Spawner *s, pid_t pid, int status) {
         return true;
 }
 
-int spawner_new(sd_event *event, int slots_memfd, const SpawnerCallbacks *cb, void *userdata, Spawner **ret) {
+int spawner_new(sd_event *event, const SpawnerCallbacks *cb, void *userdata, Spawner **ret) {
         Spawner *s = calloc(1, sizeof(Spawner));
 
         if (!s)
                 return -ENOMEM;
-        *s = (Spawner) { .event = sd_event_ref(event), .slots_memfd = slots_memfd, .cb = *cb, .userdata = userdata };
+        *s = (Spawner) { .event = sd_event_ref(event), .cb = *cb, .userdata = userdata };
         *ret = s;
         return 0;
 }
@@ -523,7 +575,7 @@ Spawner *spawner_free(Spawner *s) {
                 return NULL;
         s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
         while ((h = list_pop(&s->queue)))
-                handoff_free(h);
+                free(h);
         uint64_t deadline = now_usec() + STOP_WAIT_USEC;
         while (s->procs) {
                 SpawnerProc *p = s->procs;
@@ -544,9 +596,20 @@ Spawner *spawner_free(Spawner *s) {
         return NULL;
 }
 
+const char *spawner_state_name(SpawnerState state) {
+        return state == SPAWNER_STUCK ? "stuck" : state == SPAWNER_RESTARTING ? "restarting" : "running";
+}
+
 void spawner_status(const Spawner *s, SpawnerStatus *ret) {
+        uint64_t now = now_usec();
+
         *ret = (SpawnerStatus) { .pid = s->current ? s->current->pid : 0, .restarts = s->restarts,
                                  .queued = s->queue.n };
+        if (s->current && waiting(s) > 0 && now > s->progress_usec)
+                ret->stalled_usec = now - s->progress_usec;
+        ret->state = !s->current                       ? SPAWNER_RESTARTING
+                     : ret->stalled_usec >= STUCK_USEC ? SPAWNER_STUCK
+                                                       : SPAWNER_RUNNING;
         for (const SpawnerProc *p = s->procs; p; p = p->next) {
                 ret->in_flight += p->in_flight.n;
                 ret->retiring += p != s->current;

@@ -9,7 +9,12 @@
  *
  * Each hand-off ends in exactly one callback: started() or failed() for its slot, or lost() if
  * the process that took it died before saying which. A process that exits gives gone() first
- * (its children are the master's now: it is their subreaper), then lost() for what it held. */
+ * (its children are the master's now: it is their subreaper), then lost() for what it held.
+ *
+ * Liveness: the current process has SPAWNER_HANDOFF_TIMEOUT_USEC from the moment it owes a
+ * hand-off (queued for it, or sent and not reported) to its next progress (a hand-off taken or
+ * reported). A process that misses it (stopped, stuck) gets stuck(), is killed and is replaced at
+ * once: the queue goes to the replacement, what the dead one took ends in lost(). */
 #pragma once
 
 #include <stdbool.h>
@@ -18,6 +23,9 @@
 
 #include "echod/sandbox.h"
 #include "echod/worker.h"
+#include "shared/timeutil.h"
+
+#define SPAWNER_HANDOFF_TIMEOUT_USEC (3 * USEC_PER_SEC)
 
 typedef struct SpawnerCallbacks {
         void (*started)(void *userdata, int slot, pid_t pid, unsigned spawner);
@@ -28,12 +36,26 @@ typedef struct SpawnerCallbacks {
         void (*lost)(void *userdata, int slot, unsigned spawner);
         /* a process was started to replace one that died (pid), or could not be (error; retried) */
         void (*restarted)(void *userdata, pid_t pid, int error);
+        /* the current process made no progress for stalled_usec with `waiting` hand-offs: it is
+         * killed (gone() and lost() follow when it is reaped) and a replacement started */
+        void (*stuck)(void *userdata, pid_t pid, uint64_t stalled_usec, unsigned waiting);
 } SpawnerCallbacks;
 
 typedef struct Spawner Spawner;
 typedef struct SpawnerProc SpawnerProc;
 
+typedef enum SpawnerState {
+        SPAWNER_RUNNING,
+        SPAWNER_STUCK,      /* work waits and nothing moved for a second or more */
+        SPAWNER_RESTARTING, /* no current process */
+} SpawnerState;
+
+/* "running", "stuck", "restarting" */
+const char *spawner_state_name(SpawnerState state);
+
 typedef struct SpawnerStatus {
+        SpawnerState state;
+        uint64_t stalled_usec; /* since the current process last moved, while work waits */
         pid_t pid;         /* the current process; 0 while none runs */
         unsigned restarts; /* processes started after the first, for any reason */
         unsigned retiring; /* retired processes still finishing */
@@ -47,7 +69,7 @@ typedef struct SpawnerStatus {
 void spawner_locate(const char *argv0);
 const char *spawner_path(void);
 
-int spawner_new(sd_event *event, int slots_memfd, const SpawnerCallbacks *cb, void *userdata, Spawner **ret);
+int spawner_new(sd_event *event, const SpawnerCallbacks *cb, void *userdata, Spawner **ret);
 /* At exit: close every channel (processes exit at its end), wait for them a bounded time, kill
  * what is left, reap. */
 Spawner *spawner_free(Spawner *s);
@@ -64,11 +86,13 @@ pid_t spawner_proc_pid(const SpawnerProc *p);
 /* The reload failed: p is retired unused. */
 void spawner_abort(Spawner *s, SpawnerProc *p);
 
-/* Hand an admitted connection over; takes fd. Sent now or queued in order. */
+/* Hand an admitted connection over. Sent now (SCM_RIGHTS: the process gets its own copy) or
+ * queued in order; fd is borrowed: the caller keeps it open until started/failed/lost. */
 void spawner_handoff(Spawner *s, int fd, int slot, const WorkerParams *params, const char *title);
 /* Stopping: every hand-off not sent yet ends in failed(-ECANCELED). Returns how many. */
 unsigned spawner_drop_queue(Spawner *s);
-/* Ask every process to signal all its children (queued if a socket is full). */
+/* Send sig to every process's group: the process itself (which blocks SIGTERM; SIGKILL ends it)
+ * and every child it forked that is still in it. No message, nothing that can block. */
 void spawner_signal(Spawner *s, int sig);
 /* The last resort of a stop: kill every spawner process (its children become the master's, to be
  * signalled directly), for one that is stopped or stuck cannot pass a signal on. */

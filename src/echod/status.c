@@ -91,14 +91,13 @@ static int snapshot(const StatusSources *src, Snapshot *s) {
                 return -ENOMEM;
         }
         while ((c = children_next(src->children, &pos, &slot)) && s->n_live < n) {
-                uint64_t last;
                 if (c->pid <= 0)
                         continue; /* handed over, no process yet */
                 Live *l = &s->live[s->n_live++];
                 l->child = *c;
-                children_slot_counters(src->children, slot, &l->in, &l->out, &last);
-                last = MAX(last, c->start_usec);
-                l->idle_usec = s->now > last ? s->now - last : 0;
+                children_stat(src->children, slot, &l->in, &l->out, &l->idle_usec);
+                /* never idle for longer than it has been admitted */
+                l->idle_usec = MIN(l->idle_usec, s->now > c->start_usec ? s->now - c->start_usec : 0);
                 s->bytes_in += l->in;
                 s->bytes_out += l->out;
         }
@@ -185,11 +184,16 @@ static void text_report(const Snapshot *s, FILE *f, unsigned max_live) {
         fprintf(f, "echod %s, pid %d, up %s (since %s)\n", PACKAGE_VERSION, (int) getpid(), d, t1);
         fprintf(f, "config %s, loaded %s, %u reload%s\n", src->config->path, t2, src->reloads,
                 src->reloads == 1 ? "" : "s");
-        if (s->spawner.pid > 0)
-                fprintf(f, "spawner pid %d, %u restart%s, %u hand-offs queued, %u in flight\n\n",
-                        (int) s->spawner.pid, s->spawner.restarts, s->spawner.restarts == 1 ? "" : "s",
+        if (s->spawner.pid > 0) {
+                char stalled[80] = "";
+                if (s->spawner.state == SPAWNER_STUCK) {
+                        format_duration(s->spawner.stalled_usec, d, sizeof(d));
+                        snprintf(stalled, sizeof(stalled), " (stuck: no progress for %s)", d);
+                }
+                fprintf(f, "spawner pid %d%s, %u restart%s, %u hand-offs queued, %u in flight\n\n",
+                        (int) s->spawner.pid, stalled, s->spawner.restarts, s->spawner.restarts == 1 ? "" : "s",
                         s->spawner.queued, s->spawner.in_flight);
-        else
+        } else
                 fprintf(f, "spawner not running (restarting), %u restart%s, %u hand-offs queued\n\n",
                         s->spawner.restarts, s->spawner.restarts == 1 ? "" : "s", s->spawner.queued);
 
@@ -254,6 +258,8 @@ static void json_report(const Snapshot *s, FILE *f) {
         json_object_close(&j);
 
         json_object_open(&j, "spawner");
+        json_str(&j, "state", spawner_state_name(s->spawner.state));
+        json_u64(&j, "stalled_usec", s->spawner.stalled_usec);
         json_i64(&j, "pid", s->spawner.pid);
         json_unsigned(&j, "restarts", s->spawner.restarts);
         json_unsigned(&j, "retiring", s->spawner.retiring);
@@ -357,7 +363,7 @@ void status_summary(const StatusSources *src, char *buf, size_t size) {
         Listener *const *l = accept_listeners(src->accept, &n_listeners);
         int n = snprintf(buf, size,
                          "%u active (peak %u), %u queued, %llu accepted, %llu refused (capacity %llu, "
-                         "per-source %llu, rate %llu, per-source-rate %llu, acl %llu, proxy %llu, fork %llu), "
+                         "per-source %llu, rate %llu, per-source-rate %llu, acl %llu, proxy %llu, fork %llu, spawner %llu), "
                          "%llu crashed; listening on",
                          children_active(src->children), c->peak, accept_queued(src->accept),
                          (unsigned long long) c->accepted,
@@ -365,7 +371,8 @@ void status_summary(const StatusSources *src, char *buf, size_t size) {
                          (unsigned long long) refused[REFUSE_CAPACITY], (unsigned long long) refused[REFUSE_PER_SOURCE],
                          (unsigned long long) refused[REFUSE_RATE], (unsigned long long) refused[REFUSE_PER_SOURCE_RATE],
                          (unsigned long long) refused[REFUSE_ACL], (unsigned long long) refused[REFUSE_PROXY],
-                         (unsigned long long) refused[REFUSE_FORK], (unsigned long long) c->crashed);
+                         (unsigned long long) refused[REFUSE_FORK], (unsigned long long) refused[REFUSE_SPAWNER],
+                         (unsigned long long) c->crashed);
         for (unsigned i = 0; i < n_listeners && n > 0 && (size_t) n < size; i++) {
                 char a[IPADDR_STR_MAX];
                 n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&l[i]->bound, a));

@@ -93,14 +93,6 @@ static int errno_to_exit(int err) {
         return err == ECONNRESET || err == EPIPE || err == ETIMEDOUT ? WORKER_PEER_RESET : WORKER_IO_ERROR;
 }
 
-static void account(SlotShared *slot, _Atomic uint64_t *counter, size_t n, uint64_t now) {
-        if (!slot)
-                return;
-        atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + n,
-                              memory_order_relaxed);
-        atomic_store_explicit(&slot->last_active_usec, now, memory_order_relaxed);
-}
-
 /* Wait for events until deadline (0 = none). Returns >0 ready, 0 timed out, -EINTR, -errno. */
 static int wait_fd(int fd, short events, short *revents, uint64_t deadline) {
         struct pollfd pfd = { .fd = fd, .events = events };
@@ -178,7 +170,7 @@ static uint64_t next_deadline(bool pending, uint64_t last_in, uint64_t last_out,
         return d;
 }
 
-int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
+int worker_echo(int fd, const WorkerParams *p) {
         char *buf = w.buf;
         size_t start = 0, end = 0;
         bool eof = false, draining = false, capped = false;
@@ -264,7 +256,6 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                                 last_in = clock_get(&clock);
                                 end += (size_t) n;
                                 total_in += (uint64_t) n;
-                                account(slot, slot ? &slot->bytes_in : NULL, (size_t) n, last_in);
                                 if (p->max_bytes && total_in >= p->max_bytes) {
                                         capped = true;
                                         finish = WORKER_MAX_BYTES;
@@ -287,7 +278,6 @@ int worker_echo(int fd, SlotShared *slot, const WorkerParams *p) {
                         if (n > 0) {
                                 last_out = clock_get(&clock);
                                 start += (size_t) n;
-                                account(slot, slot ? &slot->bytes_out : NULL, (size_t) n, last_out);
                                 if (start == end)
                                         start = end = 0;
                                 else if (start >= sizeof(w.buf) / 2 && end == sizeof(w.buf)) {

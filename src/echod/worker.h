@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <stdint.h>
 
-#include "echod/slot.h"
 #include "shared/timeutil.h"
 
 /* Exit codes say how a connection ended; the master turns them into EXIT_REASON. */
@@ -33,14 +32,14 @@ typedef struct WorkerParams {
 
 /* The worker's clock: CLOCK_MONOTONIC_COARSE, read from the vDSO without touching the TSC (a few
  * ns instead of ~20). Its tick (1–10 ms) is far below the timeouts' one-second unit; the master
- * reads last_active_usec against CLOCK_MONOTONIC, which it trails by less than a tick. */
+ * runs no clock against it. */
 static inline uint64_t worker_now(void) {
         return clock_usec(CLOCK_MONOTONIC_COARSE);
 }
 
-/* The echo loop on a connected socket (made blocking). Returns a WorkerExit. slot may be NULL
- * (no accounting). Once per process. */
-int worker_echo(int fd, SlotShared *slot, const WorkerParams *p);
+/* The echo loop on a connected socket (made blocking). Returns a WorkerExit. Once per process.
+ * It keeps no shared state: the master reads a connection's byte counts from the kernel. */
+int worker_echo(int fd, const WorkerParams *p);
 /* Drain: stop reading, echo what is pending, FIN. For a SIGTERM handler (async-signal-safe,
  * installed without SA_RESTART, the signal unblocked): a wait in progress or about to start is
  * cut short, with no race. */

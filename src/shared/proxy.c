@@ -397,7 +397,7 @@ int proxy_header_read(int fd, ProxyReader *r, ProxyHeader *ret) {
                 return -EIO;
         proxy_reader_done(r);
         *ret = h;
-        return 1;
+        return (int) len;
 }
 
 void proxy_reader_done(ProxyReader *r) {

@@ -74,7 +74,8 @@ typedef struct ProxyReader {
         size_t len;
 } ProxyReader;
 
-/* Returns 1 with *ret filled (the socket now starts at the payload), 0 if more must arrive, or
+/* Returns the header's length with *ret filled (the socket now starts at the payload), 0 if more
+ * must arrive, or
  * -errno: -ECONNRESET closed before the header ended, a proxy_header_parse() error, -EIO, -ENOMEM. */
 int proxy_header_read(int fd, ProxyReader *r, ProxyHeader *ret);
 void proxy_reader_done(ProxyReader *r);

@@ -4,6 +4,8 @@ The harness owns a NOTIFY_SOCKET (AF_UNIX datagram) and waits for READY=1 —
 never sleep-and-hope. Listen addresses use port 0; the daemon reports the
 ephemeral ports in STATUS= ("listening on 127.0.0.1:40123 [::1]:40124").
 """
+import functools
+import json
 import os
 import re
 import shutil
@@ -19,6 +21,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUILD = os.environ.get("ECHOD_BUILD_DIR", os.path.join(ROOT, "build"))
 ECHOD = os.path.join(BUILD, "src", "echod", "echod")
 ECHOC = os.path.join(BUILD, "src", "echoc", "echoc")
+
+
+@functools.lru_cache(maxsize=None)
+def sanitized():
+    """True for a sanitizer build (meson's b_sanitize is not "none"), from the build's own record."""
+    with open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")) as f:
+        value = next((o["value"] for o in json.load(f) if o["name"] == "b_sanitize"), "none")
+    values = value if isinstance(value, list) else value.split(",")  # a list since meson 1.8
+    return any(v not in ("none", "") for v in values)
 
 
 def sanitizer_env(env):
@@ -62,6 +73,25 @@ class Notify:
                 msg[k] = v
         self.messages.append(msg)
         return msg
+
+    def collect(self, seconds, pred=None):
+        """Read datagrams for the next `seconds` (each recorded in messages as usual) and return
+        [(arrival time.monotonic(), msg)] of those that satisfy pred (all if None). Call drain()
+        first: datagrams already queued would be timed as arriving now."""
+        out = []
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return out
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            msg = self._record(data)
+            if pred is None or pred(msg):
+                out.append((time.monotonic(), msg))
 
     def drain(self):
         """Collect every datagram already queued, without waiting."""
@@ -231,9 +261,20 @@ class Echod:
         return [p for p in self._kids(self.proc.pid) if p != spawner] + (self._kids(spawner) if spawner else [])
 
 
+def prlimit(pid, *spec):
+    """Run prlimit(1) on pid as that process's own user and group: root here may lack
+    CAP_SYS_RESOURCE, which another user's limits need (echod runs as nobody in these tests).
+    Returns its stdout."""
+    st = os.stat(f"/proc/{pid}")
+    cmd = ["prlimit", f"--pid={pid}", *spec]
+    if st.st_uid != os.geteuid():
+        cmd = ["setpriv", f"--reuid={st.st_uid}", f"--regid={st.st_gid}", "--clear-groups"] + cmd
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
 def base_config(listen='"127.0.0.1:0"', **keys):
     """A config text with sane test defaults; keys override or add settings."""
-    settings = {"listen": "{" + listen + "}", "log_connections": "true", "user": '""'}
+    settings = {"listen": "{" + listen + "}", "log_connections": "true", "user": '"nobody"'}
     settings.update({k: v for k, v in keys.items()})
     return "".join(f"{k} = {v}\n" for k, v in settings.items())
 

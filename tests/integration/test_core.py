@@ -3,13 +3,12 @@ children linger, slots freed once when a spawner is retired or dies, reloads tha
 not at all. Each test failed on the code before the core was reshaped (4a6b3b7)."""
 import json
 import os
-import resource
 import signal
 import socket
 import subprocess
 import tempfile
 
-from conftest import ECHOD, Echod, base_config, closed_by_server, connect, connect_from, ping, refused, wait_until
+from conftest import ECHOD, Echod, base_config, closed_by_server, connect, connect_from, ping, prlimit, refused, wait_until
 
 
 def status_json(e):
@@ -115,7 +114,8 @@ def test_handoffs_of_a_retired_spawner_are_counted_once(echod_factory):
 
 def test_handoffs_lost_with_a_dead_spawner_are_refused_once(echod_factory):
     """Hand-offs sent to a spawner that is killed before forking them: each is refused once
-    (fork-failed), the slots come back, and the next spawner serves new connections."""
+    (spawner-failed: no process holds the connection), the slots come back, and the next
+    spawner serves new connections."""
     e, _ = start(echod_factory, max_connections=4, max_per_source=0)
     sp = the_spawner(e)
     os.kill(sp, signal.SIGSTOP)
@@ -124,13 +124,13 @@ def test_handoffs_lost_with_a_dead_spawner_are_refused_once(echod_factory):
     os.kill(sp, signal.SIGKILL)
     for s in lost:
         assert refused(s)
-    e.wait_log(r"refused connection from 127\.0\.0\.1:\d+: fork-failed")
+    e.wait_log(r"refused connection from 127\.0\.0\.1:\d+: spawner-failed")
     wait_until(lambda: e.spawner() not in (None, sp), 10, "a new spawner")
     fresh = [connect(e.endpoint()) for _ in range(4)]
     for s in fresh:
         assert ping(s)
     st = status_json(e)
-    assert st["totals"]["active"] == 4 and st["refused"]["fork-failed"] == 3 and st["totals"]["accepted"] == 4
+    assert st["totals"]["active"] == 4 and st["refused"]["spawner-failed"] == 3 and st["totals"]["accepted"] == 4
     assert conns(st) == sorted(workers(e))
     for s in lost + fresh:
         s.close()
@@ -162,13 +162,13 @@ def test_reload_that_fails_half_way_changes_nothing(echod_factory):
     before = status_json(e)["config"]["effective"]
     e.write_config(base_config(**dict(keys, sandbox="false", deny='{"127.0.0.0/8"}')))
     pid = e.proc.pid
-    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    soft = prlimit(pid, "--nofile", "--raw", "--noheadings", "--output=SOFT").strip()
     # room for reading the file, not for the new spawner's socketpair
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 1, hard))
+    prlimit(pid, f"--nofile={len(os.listdir(f'/proc/{pid}/fd')) + 1}:")
     try:
         e.reload()
     finally:
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        prlimit(pid, f"--nofile={soft}:")
     e.wait_log(r"Failed to reload, keeping the old configuration: cannot start echod-spawner")
     assert "reloaded configuration" not in e.log()
     with connect(e.endpoint()) as s:

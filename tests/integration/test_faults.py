@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ECHOC, ECHOD, ContinuousClients, base_config, connect, cpu_seconds, ping, wait_admitted
+from conftest import ECHOC, ECHOD, ContinuousClients, base_config, connect, cpu_seconds, ping, prlimit, wait_admitted
 
 
 def status_json(e):
@@ -122,13 +122,13 @@ def test_fd_exhaustion_under_load(echod_factory):
     load = subprocess.Popen([ECHOC, "--load", "--connections", "8", "--rate", "300", "--duration", "4",
                              "--json", *map(str, e.endpoint())], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1)  # let the load run before the fault (a schedule, not a wait for state)
-    subprocess.run(["prlimit", f"--pid={pid}", "--nofile=3:"], check=True)
+    prlimit(pid, "--nofile=3:")
     e.wait_log(r"accept\(\) failed, pausing new connections for 100 ms: Too many open files")
     cpu0 = cpu_seconds(pid)
     time.sleep(2)
     cpu = cpu_seconds(pid) - cpu0
     assert cpu < 0.4, f"the master spent {cpu:.2f} s of CPU in 2 s without fds"
-    subprocess.run(["prlimit", f"--pid={pid}", "--nofile=1024:"], check=True)
+    prlimit(pid, "--nofile=1024:")
     assert wait_admitted(e.endpoint(), deadline=1.0) < 1.0
     load.communicate(timeout=30)
 
@@ -163,6 +163,11 @@ def test_no_leaks_after_100000_connections_and_100_reloads(echod_factory):
     # warm up: first use of the tables touches their pages once
     subprocess.run([ECHOC, "--load", "--connections", "32", "--duration", "1", *map(str, e.endpoint())],
                    capture_output=True, timeout=30)
+    # the master holds each connection's socket until its process is gone
+    deadline = time.monotonic() + 10
+    while status_json(e)["totals"]["active"]:
+        assert time.monotonic() < deadline, "the warm-up's children did not go away"
+        time.sleep(0.05)
     fds0 = sorted(os.listdir(f"/proc/{pid}/fd"))
     rss0 = vm_rss_kib(pid)
     stop = threading.Event()

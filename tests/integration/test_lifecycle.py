@@ -186,6 +186,8 @@ def test_bad_usage_exits_2(args):
 def daemon_conf(tmpdir_path):
     """A config for daemon mode on a fixed free port; kills any daemon its pidfile names at the end."""
     pidfile = os.path.join(tmpdir_path, "echod.pid")
+    # the master drops to nobody: the pidfile's directory must be nobody's for it to be removed
+    os.chown(tmpdir_path, pwd.getpwnam("nobody").pw_uid, -1)
     port = free_port()
     path = os.path.join(tmpdir_path, "daemon.conf")
     with open(path, "w") as f:

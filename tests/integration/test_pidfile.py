@@ -2,6 +2,7 @@
 or write through a hard link planted at its path; a normal start writes the pid and a stop
 removes the file."""
 import os
+import pwd
 import signal
 import socket
 import stat
@@ -35,6 +36,8 @@ def daemon(tmpdir_path):
     """start() runs 'echod -f CONF' (daemon mode) with pidfile at tmpdir/echod.pid; any daemon
     that got started (also one the old code let through) is killed at the end."""
     pidfile = os.path.join(tmpdir_path, "echod.pid")
+    # the master drops to nobody: the pidfile's directory must be nobody's for it to be removed
+    os.chown(tmpdir_path, pwd.getpwnam("nobody").pw_uid, -1)
     port = free_port()
     conf = os.path.join(tmpdir_path, "daemon.conf")
     with open(conf, "w") as f:

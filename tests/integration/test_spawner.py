@@ -151,7 +151,7 @@ def test_missing_spawner_is_a_clear_startup_error(tmp_path):
     lonely.write_bytes(open(ECHOD, "rb").read())
     lonely.chmod(0o755)
     conf = tmp_path / "echod.conf"
-    conf.write_text('listen = { "127.0.0.1:0" }\nuser = ""\ncontrol_socket = ""\n')
+    conf.write_text('listen = { "127.0.0.1:0" }\nuser = "nobody"\ncontrol_socket = ""\n')
     if os.path.exists("/usr/libexec/echod/echod-spawner"):
         pytest.skip("an installed echod-spawner would be used, rightly")
     p = subprocess.run([str(lonely), "-D", "-e", "-f", str(conf)], capture_output=True, text=True, timeout=20)

@@ -67,7 +67,7 @@ def test_counters_are_exact(echod_factory):
     assert st["totals"] == {"accepted": 3, "active": 2, "pending": 0, "peak": 3, "max": 3, "queued": 0, "refused": 9,
                             "closed": 1, "crashed": 1, "bytes_in": 600, "bytes_out": 600}
     assert st["refused"] == {"capacity": 4, "per-source": 1, "rate": 1, "per-source-rate": 1, "acl": 1,
-                             "proxy": 1, "fork-failed": 0}
+                             "proxy": 1, "fork-failed": 0, "spawner-failed": 0}
     assert sorted(c["pid"] for c in st["connections"]) == sorted(e.children())
     peers = sorted(c["peer"].rsplit(":", 1)[0] for c in st["connections"])
     assert peers == ["127.0.0.2", "127.0.0.2"]
@@ -82,7 +82,7 @@ def test_counters_are_exact(echod_factory):
     one_line = e.current_status() if "accepted 3" in (e.current_status() or "") else \
         e.wait_status(lambda x: "3 accepted" in x and " 1 crashed" in x)
     assert "2 active (peak 3)" in one_line and "9 refused (capacity 4, per-source 1, rate 1, " \
-        "per-source-rate 1, acl 1, proxy 1, fork 0), 1 crashed" in one_line
+        "per-source-rate 1, acl 1, proxy 1, fork 0, spawner 0), 1 crashed" in one_line
     # the human report: aligned columns with the same numbers
     text = status(e)
     assert "totals       accepted 3  refused 9  crashed 1  bytes in 600  bytes out 600" in text

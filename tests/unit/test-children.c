@@ -8,11 +8,15 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "echod/children.h"
+#include "echod/spawn-proto.h"
 
 static Child from(const char *addr, unsigned prefix) {
         Child c = { 0 };
@@ -38,7 +42,7 @@ static void test_lifecycle(void **state) {
         Child info = from("192.0.2.1", 32);
 
         assert_int_equal(children_new(&t), 0);
-        int slot = children_admit(t, &info, 1000);
+        int slot = children_admit(t, &info, -1, 1000);
         assert_true(slot >= 0);
         check(t);
         assert_int_equal(children_active(t), 1);
@@ -52,9 +56,9 @@ static void test_lifecycle(void **state) {
         /* started once only, and a pid belongs to one connection */
         assert_int_equal(children_started(t, slot, 4243, 1), -ENOENT);
 
-        /* the child's counters, bounded: it cannot claim to have sent more than it got */
-        uint64_t in, out, last;
-        children_slot_counters(t, slot, &in, &out, &last);
+        /* no socket behind it here: the kernel's counters say nothing */
+        uint64_t in, out, idle;
+        children_stat(t, slot, &in, &out, &idle);
         assert_int_equal(in, 0);
 
         assert_int_equal(children_exited(t, 9999, 0, 2000, &rec), -ENOENT);
@@ -72,7 +76,7 @@ static void test_lifecycle(void **state) {
         assert_int_equal(children_exited(t, 4242, 0, 6000, &rec), -ENOENT);
 
         /* a freed slot is reused first */
-        assert_int_equal(children_admit(t, &info, 7000), slot);
+        assert_int_equal(children_admit(t, &info, -1, 7000), slot);
         assert_int_equal(children_failed(t, slot, -EAGAIN, 7001, &rec), 0);
         assert_string_equal(rec.reason, "fork-failed");
         assert_true(rec.failure);
@@ -89,7 +93,7 @@ static void test_killed_is_a_failure(void **state) {
         Child info = from("2001:db8::1", 64);
 
         assert_int_equal(children_new(&t), 0);
-        int slot = children_admit(t, &info, 1);
+        int slot = children_admit(t, &info, -1, 1);
         assert_int_equal(children_started(t, slot, 77, 1), 0);
         assert_int_equal(children_exited(t, 77, W_EXITCODE(0, SIGKILL), 2, &rec), 0);
         assert_string_equal(rec.reason, "killed-by-SIGKILL");
@@ -106,11 +110,11 @@ static void test_capacity(void **state) {
 
         assert_int_equal(children_new(&t), 0);
         for (int i = 0; i < SLOTS_MAX; i++) {
-                int slot = children_admit(t, &info, 1);
+                int slot = children_admit(t, &info, -1, 1);
                 assert_true(slot >= 0);
                 assert_int_equal(children_started(t, slot, 100000 + i, 1), 0);
         }
-        assert_int_equal(children_admit(t, &info, 1), -ENOSPC);
+        assert_int_equal(children_admit(t, &info, -1, 1), -ENOSPC);
         assert_int_equal(children_active(t), SLOTS_MAX);
         assert_int_equal(children_source_count(t, &info.source), SLOTS_MAX);
         check(t);
@@ -133,8 +137,8 @@ static void test_regroup_counts_pending(void **state) {
         IpAddr net;
 
         assert_int_equal(children_new(&t), 0);
-        int sa = children_admit(t, &a, 1);
-        int sb = children_admit(t, &b, 1);
+        int sa = children_admit(t, &a, -1, 1);
+        int sb = children_admit(t, &b, -1, 1);
         assert_int_equal(children_started(t, sa, 10, 1), 0);
         (void) sb; /* still pending: handed over, not forked */
         children_regroup(t, 24, 64);
@@ -154,46 +158,80 @@ static void test_adopt_by_spawner(void **state) {
         Child info = from("192.0.2.9", 32);
 
         assert_int_equal(children_new(&t), 0);
-        int s1 = children_admit(t, &info, 1), s2 = children_admit(t, &info, 1), s3 = children_admit(t, &info, 1);
+        int s1 = children_admit(t, &info, -1, 1), s2 = children_admit(t, &info, -1, 1), s3 = children_admit(t, &info, -1, 1);
         assert_int_equal(children_started(t, s1, 11, 1), 0);
         assert_int_equal(children_started(t, s2, 12, 2), 0);
         assert_int_equal(children_adopt(t, 1), 1);
         assert_int_equal(children_adopt(t, 1), 0);
         assert_true(children_get_by_pid(t, 11)->adopted);
         assert_false(children_get_by_pid(t, 12)->adopted);
-        /* a pending slot's pid hint: none until the spawner writes one */
-        assert_int_equal(children_pending_pid(t, s3), -ENOENT);
-        assert_int_equal(children_pending_pid(t, s1), -ENOENT);
+        /* a pending slot's socket, to find the process that holds it */
+        assert_int_equal(children_fd(t, s3), -1);
+        assert_int_equal(children_fd(t, 999), -ENOENT);
         check(t);
         children_free(t);
 }
 
-/* The counters a child writes after fork are what the master reads; what it claims to have sent
- * beyond what it received is not believed. */
-static void test_shared_across_fork(void **state) {
+/* Bytes come from the kernel's counters of the socket the master holds: what the child took off
+ * it (not what is still unread, not the peer's FIN, not a PROXY header the master read), and what
+ * was sent. The socket is closed when the slot is released. */
+static void test_counts_from_kernel(void **state) {
         Children *t;
         ChildRecord rec;
-        Child info = from("192.0.2.3", 32);
-        int status;
+        Child info = from("127.0.0.1", 32);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t alen = sizeof(a);
+        char buf[2000];
+        uint64_t in, out, idle;
 
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(l >= 0);
+        assert_int_equal(bind(l, (struct sockaddr *) &a, sizeof(a)), 0);
+        assert_int_equal(listen(l, 1), 0);
+        assert_int_equal(getsockname(l, (struct sockaddr *) &a, &alen), 0);
+        int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_int_equal(connect(client, (struct sockaddr *) &a, sizeof(a)), 0);
+        int server = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        assert_true(server >= 0);
+        int child = dup(server); /* the child's copy of the connection */
+
+        /* a 10-byte "header" the master read before admitting it */
+        assert_int_equal(send(client, "HEADER....", 10, 0), 10);
+        assert_int_equal(recv(server, buf, 10, MSG_WAITALL), 10);
+        info.header_len = 10;
         assert_int_equal(children_new(&t), 0);
-        int slot = children_admit(t, &info, 1);
-        SlotShared *shared = mmap(NULL, sizeof(SlotShared) * SLOTS_MAX, PROT_READ | PROT_WRITE, MAP_SHARED,
-                                  children_memfd(t), 0);
-        assert_true(shared != MAP_FAILED);
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-                atomic_store(&shared[slot].bytes_in, 123456789);
-                atomic_store(&shared[slot].bytes_out, 999999999);
-                _exit(0);
-        }
-        assert_int_equal(children_started(t, slot, pid, 1), 0);
-        assert_int_equal(waitpid(pid, &status, 0), pid);
-        assert_int_equal(children_exited(t, pid, status, 2, &rec), 0);
-        assert_int_equal(rec.bytes_in, 123456789);
-        assert_int_equal(rec.bytes_out, 123456789);
-        munmap(shared, sizeof(SlotShared) * SLOTS_MAX);
+        int slot = children_admit(t, &info, server, 1);
+        assert_true(slot >= 0);
+        assert_int_equal(children_started(t, slot, 4242, 1), 0);
+
+        memset(buf, 'x', sizeof(buf));
+        assert_int_equal(send(client, buf, 1000, 0), 1000);
+        assert_int_equal(recv(child, buf, 600, MSG_WAITALL), 600);
+        assert_int_equal(send(child, buf, 500, 0), 500);
+        assert_int_equal(shutdown(client, SHUT_WR), 0);
+        assert_int_equal(recv(client, buf, 500, MSG_WAITALL), 500);
+        children_stat(t, slot, &in, &out, &idle);
+        assert_int_equal(in, 600); /* 400 unread, and the FIN, are not counted */
+        assert_int_equal(out, 500);
+        assert_true(idle < 5000000);
+
+        /* the child takes the rest and the EOF, echoes 100 more, closes, exits cleanly */
+        assert_int_equal(recv(child, buf, 400, MSG_WAITALL), 400);
+        assert_int_equal(recv(child, buf, 1, 0), 0);
+        assert_int_equal(send(child, buf, 100, 0), 100);
+        assert_int_equal(shutdown(child, SHUT_WR), 0);
+        assert_int_equal(recv(client, buf, 100, MSG_WAITALL), 100);
+        assert_int_equal(recv(client, buf, 1, 0), 0);
+        close(child);
+        assert_int_equal(children_exited(t, 4242, W_EXITCODE(0, 0), 2, &rec), 0);
+        assert_int_equal(rec.bytes_in, 1000);
+        assert_int_equal(rec.bytes_out, 600);
+        assert_int_equal(children_counters(t)->bytes_in, 1000);
+        /* released: the master's copy is closed */
+        assert_true(fcntl(server, F_GETFD) < 0 && errno == EBADF);
+        check(t);
+        close(client);
+        close(l);
         children_free(t);
 }
 
@@ -204,7 +242,7 @@ int main(void) {
                 cmocka_unit_test(test_capacity),
                 cmocka_unit_test(test_regroup_counts_pending),
                 cmocka_unit_test(test_adopt_by_spawner),
-                cmocka_unit_test(test_shared_across_fork),
+                cmocka_unit_test(test_counts_from_kernel),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,7 +10,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -26,7 +25,7 @@ static void on_term(int sig) {
 
 /* Fork a worker on one end of a socketpair (created with extra_flags, e.g. SOCK_NONBLOCK, for
  * the worker's end); returns our end, blocking. */
-static int spawn_worker_flags(unsigned idle, SlotShared *slot, int extra_flags, pid_t *ret_pid) {
+static int spawn_worker_flags(unsigned idle, int extra_flags, pid_t *ret_pid) {
         int sv[2];
 
         struct sigaction sa = { .sa_handler = on_term }, old;
@@ -41,7 +40,7 @@ static int spawn_worker_flags(unsigned idle, SlotShared *slot, int extra_flags, 
         if (pid == 0) {
                 WorkerParams p = { .idle_timeout = idle };
                 close(sv[0]);
-                _exit(worker_echo(sv[1], slot, &p));
+                _exit(worker_echo(sv[1], &p));
         }
         sigaction(SIGTERM, &old, NULL);
         close(sv[1]);
@@ -49,8 +48,8 @@ static int spawn_worker_flags(unsigned idle, SlotShared *slot, int extra_flags, 
         return sv[0];
 }
 
-static int spawn_worker(unsigned idle, SlotShared *slot, pid_t *ret_pid) {
-        return spawn_worker_flags(idle, slot, 0, ret_pid);
+static int spawn_worker(unsigned idle, pid_t *ret_pid) {
+        return spawn_worker_flags(idle, 0, ret_pid);
 }
 
 static int wait_exit(pid_t pid) {
@@ -64,7 +63,7 @@ static void test_echo_half_close(void **state) {
         const size_t len = 8 * 1024 * 1024;
         uint8_t *data = malloc(len), *back = malloc(len);
         pid_t pid, writer;
-        int fd = spawn_worker(0, NULL, &pid);
+        int fd = spawn_worker(0, &pid);
 
         arc4random_buf(data, len);
         /* write and read concurrently: a writer process, the reader here */
@@ -86,7 +85,7 @@ static void test_echo_half_close(void **state) {
 
 static void test_zero_bytes(void **state) {
         pid_t pid;
-        int fd = spawn_worker(0, NULL, &pid);
+        int fd = spawn_worker(0, &pid);
         char c;
 
         assert_int_equal(shutdown(fd, SHUT_WR), 0);
@@ -97,7 +96,7 @@ static void test_zero_bytes(void **state) {
 
 static void test_idle_timeout(void **state) {
         pid_t pid;
-        int fd = spawn_worker(1, NULL, &pid);
+        int fd = spawn_worker(1, &pid);
         uint64_t t0 = now_usec();
         char buf[8];
 
@@ -116,7 +115,7 @@ static void test_idle_timeout(void **state) {
  * on: an idle second costs the worker almost no CPU time either way. */
 static void test_nonblocking_socket_sleeps(void **state) {
         pid_t pid;
-        int fd = spawn_worker_flags(1, NULL, SOCK_NONBLOCK, &pid), status;
+        int fd = spawn_worker_flags(1, SOCK_NONBLOCK, &pid), status;
         struct rusage ru;
         char buf[8];
 
@@ -134,7 +133,7 @@ static void test_nonblocking_socket_sleeps(void **state) {
 
 static void test_stop_drains(void **state) {
         pid_t pid;
-        int fd = spawn_worker(0, NULL, &pid);
+        int fd = spawn_worker(0, &pid);
         char buf[16];
 
         assert_int_equal(write_full(fd, "pending", 7), 0);
@@ -152,7 +151,7 @@ static void test_stop_drains(void **state) {
 static void test_stop_at_any_moment(void **state) {
         for (int i = 0; i < 200; i++) {
                 pid_t pid;
-                int fd = spawn_worker(0, NULL, &pid);
+                int fd = spawn_worker(0, &pid);
                 struct pollfd p = { .fd = fd, .events = POLLIN };
                 char buf[16];
 
@@ -167,27 +166,9 @@ static void test_stop_at_any_moment(void **state) {
         }
 }
 
-static void test_accounting(void **state) {
-        SlotShared *slot = mmap(NULL, sizeof(SlotShared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        char buf[1000];
-        pid_t pid;
-        int fd = spawn_worker(0, slot, &pid);
-
-        memset(buf, 'x', sizeof(buf));
-        assert_int_equal(write_full(fd, buf, sizeof(buf)), 0);
-        shutdown(fd, SHUT_WR);
-        assert_int_equal(read_full(fd, buf, sizeof(buf)), 1000);
-        assert_int_equal(wait_exit(pid), WORKER_CLEAN);
-        assert_int_equal(atomic_load(&slot->bytes_in), 1000);
-        assert_int_equal(atomic_load(&slot->bytes_out), 1000);
-        assert_true(atomic_load(&slot->last_active_usec) > 0);
-        munmap(slot, sizeof(SlotShared));
-        close(fd);
-}
-
 static void test_peer_gone(void **state) {
         pid_t pid;
-        int fd = spawn_worker(0, NULL, &pid);
+        int fd = spawn_worker(0, &pid);
         char big[65536] = { 0 };
 
         /* the peer writes and vanishes without reading: the worker's write fails (EPIPE) */
@@ -210,7 +191,7 @@ int main(void) {
                 cmocka_unit_test(test_idle_timeout),    cmocka_unit_test(test_nonblocking_socket_sleeps),
                 cmocka_unit_test(test_stop_drains),
                 cmocka_unit_test(test_stop_at_any_moment),
-                cmocka_unit_test(test_accounting),      cmocka_unit_test(test_peer_gone),
+                cmocka_unit_test(test_peer_gone),
                 cmocka_unit_test(test_exit_reasons),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
