@@ -283,6 +283,8 @@ int main(int argc, char *argv[], char *envp[]) {
                                           config->control_socket);
         }
 
+        /* not fatal: the path is tried at the first start, and fails there with its reason */
+        (void) spawner_pin();
         if (drop_privileges(config) < 0)
                 goto fail;
 

@@ -70,6 +70,7 @@ struct Spawner {
 };
 
 static char path[PATH_MAX];
+static int pinned = -1; /* spawner_pin(): the binary, opened while we may still be root */
 
 static bool try_dir(const char *dir, size_t len) {
         if (len + sizeof("/echod-spawner") > sizeof(path))
@@ -110,6 +111,16 @@ const char *spawner_path(void) {
         if (!path[0])
                 spawner_locate(NULL);
         return path;
+}
+
+int spawner_pin(void) {
+        int fd = open(spawner_path(), O_PATH | O_CLOEXEC);
+
+        if (fd < 0)
+                return negative_errno();
+        safe_close(pinned);
+        pinned = fd;
+        return 0;
 }
 
 static void list_push(HandoffList *l, Handoff *h) {
@@ -256,7 +267,6 @@ unsigned spawner_drop_queue(Spawner *s) {
 
         s->stopping = true;
         s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
-        s->deadline_timer = sd_event_source_disable_unref(s->deadline_timer);
         while ((h = list_pop(&s->queue))) {
                 int slot = (int) h->req.slot;
                 free(h);
@@ -402,7 +412,16 @@ static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
         /* a process group of its own, which its children join: spawner_signal() */
         posix_spawnattr_setpgroup(&attr, 0);
         posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
-        r = -posix_spawn(&pid, spawner_path(), &fa, &attr, argv, envp);
+        /* by its path if we may still reach it, else through the pinned fd: then the file's own
+         * mode is all that is checked (the path is kept where it works: tools that follow an
+         * exec, valgrind among them, cannot follow /proc/self/fd/N) */
+        char via_fd[sizeof("/proc/self/fd/") + 12];
+        const char *exe = spawner_path();
+        if (pinned >= 0 && access(exe, X_OK) < 0) {
+                snprintf(via_fd, sizeof(via_fd), "/proc/self/fd/%d", pinned);
+                exe = via_fd;
+        }
+        r = -posix_spawn(&pid, exe, &fa, &attr, argv, envp);
         posix_spawn_file_actions_destroy(&fa);
         posix_spawnattr_destroy(&attr);
         if (r < 0) {
@@ -574,6 +593,7 @@ Spawner *spawner_free(Spawner *s) {
         if (!s)
                 return NULL;
         s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+        s->deadline_timer = sd_event_source_disable_unref(s->deadline_timer);
         while ((h = list_pop(&s->queue)))
                 free(h);
         uint64_t deadline = now_usec() + STOP_WAIT_USEC;
@@ -591,6 +611,7 @@ Spawner *spawner_free(Spawner *s) {
                 (void) waitpid(p->pid, NULL, 0);
                 proc_free(p);
         }
+        pinned = safe_close(pinned); /* nothing starts after this */
         sd_event_unref(s->event);
         free(s);
         return NULL;

@@ -68,10 +68,15 @@ typedef struct SpawnerStatus {
  * before any chdir. */
 void spawner_locate(const char *argv0);
 const char *spawner_path(void);
+/* Open the binary found while echod may still be root; a start that can no longer reach it by
+ * its path executes it through that fd (/proc/self/fd/N), so the user echod runs as needs no
+ * search permission on the directories above it (a build tree in a 0700 home). Returns 0 or
+ * -errno (then only the path is tried). */
+int spawner_pin(void);
 
 int spawner_new(sd_event *event, const SpawnerCallbacks *cb, void *userdata, Spawner **ret);
 /* At exit: close every channel (processes exit at its end), wait for them a bounded time, kill
- * what is left, reap. */
+ * what is left, reap; and the pinned binary. */
 Spawner *spawner_free(Spawner *s);
 
 /* Start the first process in sandbox sb (kept by pointer: the caller keeps it alive until a

@@ -49,21 +49,26 @@ class Notify:
         os.chmod(self.path, 0o777)  # the daemon may have dropped privileges
         self.messages = []  # list of dicts, one per datagram
 
-    def wait_for(self, pred, timeout=10.0):
-        """Wait until a datagram satisfies pred(dict); returns it."""
-        deadline = time.monotonic() + timeout
+    def _receive(self, seconds):
+        """Yield each datagram that arrives within `seconds` (recorded in messages as usual)."""
+        deadline = time.monotonic() + seconds
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"notify: condition not met; got {self.messages[-5:]}")
+                return
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
             except socket.timeout:
                 continue
-            msg = self._record(data)
+            yield self._record(data)
+
+    def wait_for(self, pred, timeout=10.0):
+        """Wait until a datagram satisfies pred(dict); returns it."""
+        for msg in self._receive(timeout):
             if pred(msg):
                 return msg
+        raise TimeoutError(f"notify: condition not met; got {self.messages[-5:]}")
 
     def _record(self, data):
         msg = {}
@@ -75,23 +80,10 @@ class Notify:
         return msg
 
     def collect(self, seconds, pred=None):
-        """Read datagrams for the next `seconds` (each recorded in messages as usual) and return
-        [(arrival time.monotonic(), msg)] of those that satisfy pred (all if None). Call drain()
-        first: datagrams already queued would be timed as arriving now."""
-        out = []
-        deadline = time.monotonic() + seconds
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return out
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            msg = self._record(data)
-            if pred is None or pred(msg):
-                out.append((time.monotonic(), msg))
+        """Read datagrams for the next `seconds` and return [(arrival time.monotonic(), msg)] of
+        those that satisfy pred (all if None). Call drain() first: datagrams already queued would
+        be timed as arriving now."""
+        return [(time.monotonic(), msg) for msg in self._receive(seconds) if pred is None or pred(msg)]
 
     def drain(self):
         """Collect every datagram already queued, without waiting."""

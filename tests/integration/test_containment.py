@@ -380,14 +380,24 @@ def test_child_shares_no_memory_and_no_descriptors(scene):
 
 def slot_table_address(s):
     """Where the table of connections the master reads is mapped: in the spawner (whose forks
-    are the children) if it still maps it, else in the master; if neither has one, the master's
-    heap. Returns (address, where it was found)."""
+    are the children) if it still maps it, else in the master; if neither has one, where the
+    master's own state lives: its heap, or (a sanitizer build has none) its largest private
+    writable anonymous mapping that the child has nothing at. Returns (address, where it was
+    found)."""
     for pid, who in ((s.spawner, "spawner"), (s.master, "master")):
         for start, _, _, path in maps(pid):
             if re.search(r"memfd:\S*slot", path):
                 return start, f"the {who}'s {path}"
-    start = next(m[0] for m in maps(s.master) if m[3] == "[heap]")
-    return start, "the master's heap"
+    mine = maps(s.master)
+    heap = [m[0] for m in mine if m[3] == "[heap]"]
+    if heap:
+        return heap[0], "the master's heap"
+    child = maps(s.victim_pid)
+    free = [(end - start, start) for start, end, perms, path in mine
+            if perms.startswith("rw") and perms[3] == "p" and not path
+            and not any(cs < end and start < ce for cs, ce, _, _ in child)]
+    assert free, "no private writable mapping of the master is free in the child"
+    return max(free)[1], "the master's largest anonymous mapping"
 
 
 def other_counters(s):

@@ -3,8 +3,10 @@ what it costs a child, and what happens when it dies (connections go on, records
 spawner serves new connections, a drain still reaches every child)."""
 import re
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 
 import pytest
 
@@ -157,3 +159,25 @@ def test_missing_spawner_is_a_clear_startup_error(tmp_path):
     p = subprocess.run([str(lonely), "-D", "-e", "-f", str(conf)], capture_output=True, text=True, timeout=20)
     assert p.returncode == 1
     assert re.search(r"Failed to start echod-spawner \(\S+\): No such file or directory", p.stderr)
+
+
+def test_build_tree_the_user_cannot_reach(echod_factory):
+    """echod started as root runs as nobody: the spawner beside it is opened before the switch and
+    executed through that fd, so a build tree in a 0700 home (Debian 12 makes them so) works.
+    Without it: "Failed to start echod-spawner (...): Permission denied"."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to nobody")
+    private = tempfile.mkdtemp(prefix="echod-private-")  # 0700, root's
+    try:
+        for name in ("echod", "echod-spawner"):
+            shutil.copy2(os.path.join(os.path.dirname(ECHOD), name), os.path.join(private, name))
+        e = echod_factory(start=False)
+        e.binary = os.path.join(private, "echod")
+        e.start()
+        assert proc_status(e.proc.pid)["Uid"].split()[0] != "0"
+        with connect(e.endpoint()) as s:
+            assert ping(s, b"from a tree nobody can search")
+        wait_until(lambda: e.spawner(), 10, "the spawner")
+        assert os.readlink(f"/proc/{e.spawner()}/exe") == os.path.join(private, "echod-spawner")
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

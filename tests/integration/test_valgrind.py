@@ -31,10 +31,12 @@ def grind(echod_factory):
         e.wrapper = VALGRIND + [f"--log-file={e.dir}/vg.%p"]
         # the shipped spawner is static-pie, whose built-in malloc valgrind cannot replace: the
         # master finds its spawner beside argv[0], so point both at the build's dynamic twin
+        # (copies, not links: valgrind must follow the exec by a path nobody can reach, wherever
+        # the build tree is)
         dynamic = os.path.join(os.path.dirname(ECHOD), "echod-spawner-dynamic")
         if os.path.exists(dynamic):
-            os.symlink(ECHOD, os.path.join(e.dir, "echod"))
-            os.symlink(dynamic, os.path.join(e.dir, "echod-spawner"))
+            shutil.copy2(ECHOD, os.path.join(e.dir, "echod"))
+            shutil.copy2(dynamic, os.path.join(e.dir, "echod-spawner"))
             e.binary = os.path.join(e.dir, "echod")
         e.start()
         return e
@@ -93,6 +95,10 @@ def refusal_instructions(echod_factory, held, refusals=300, wave=100):
     os.mkdir(out)
     for d in (e.dir, out, os.path.dirname(e.conf_path)):
         os.chmod(d, 0o777)
+    # copies nobody can reach, wherever the build tree is (a 0700 home)
+    for name in ("echod", "echod-spawner"):
+        shutil.copy2(os.path.join(os.path.dirname(ECHOD), name), os.path.join(e.dir, name))
+    e.binary = os.path.join(e.dir, "echod")
     # the master only: the spawner and the children run natively
     e.wrapper = AS_NOBODY + ["valgrind", "--tool=callgrind", "--trace-children=no", f"--callgrind-out-file={out}/cg.%p"]
     e.start()
