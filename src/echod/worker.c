@@ -6,7 +6,12 @@
  * the buffer is full, so a client that does not read its echo is held back by TCP flow control,
  * not by our memory. On the peer's FIN we echo what is pending, then shutdown(SHUT_WR): the peer
  * gets every byte and a FIN, never an RST. The child never logs: the master records how it ended
- * from the exit code. */
+ * from the exit code.
+ *
+ * A stop (SIGTERM) does not cut off what the client has already sent: the worker goes on reading
+ * and echoing until the connection has been quiet for a round trip and a margin (drain_quiet()),
+ * at most DRAIN_MAX_USEC, then echoes what it holds and sends its FIN. A connection admitted just
+ * before the stop, whose first bytes are still on the wire, is served, not closed empty. */
 #include "echod/worker.h"
 
 #include <errno.h>
@@ -15,6 +20,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -41,6 +48,11 @@ static const char *const exit_reasons[_WORKER_EXIT_MAX] = {
 /* A SIGTERM that lands between the loop's check and its ppoll() is seen this much later at most
  * (a blocking recv() is cut short by worker_request_stop() itself). */
 #define STOP_CHECK_USEC (250 * USEC_PER_MSEC)
+/* A stop reads on until the client is quiet for DRAIN_QUIET_MIN_USEC plus its round trip
+ * (srtt + 4 rttvar, twice), never longer than DRAIN_MAX_USEC after the stop (a client that
+ * streams without pause is cut there, as before: echo what is held, FIN). */
+#define DRAIN_QUIET_MIN_USEC (100 * USEC_PER_MSEC)
+#define DRAIN_MAX_USEC (1 * USEC_PER_SEC)
 /* SO_RCVTIMEO is set again only when it is this far from the next deadline */
 #define RCVTIMEO_SLACK_USEC (10 * USEC_PER_MSEC)
 
@@ -150,9 +162,22 @@ static int set_rcvtimeo(int fd, uint64_t deadline, uint64_t now, uint64_t *cur) 
         return 1;
 }
 
-/* The earliest deadline that applies now, and which exit it means. */
+/* How long a client must be quiet before a stop takes it as done: what it sent before the stop
+ * is on the wire for at most a round trip (TCP's own estimate; none on a non-TCP socket). */
+static uint64_t drain_quiet(int fd) {
+        struct tcp_info ti;
+        socklen_t len = sizeof(ti);
+        uint64_t q = DRAIN_QUIET_MIN_USEC;
+
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && len >= offsetof(struct tcp_info, tcpi_rttvar) + 4)
+                q += 2 * ((uint64_t) ti.tcpi_rtt + 4 * (uint64_t) ti.tcpi_rttvar);
+        return MIN(q, DRAIN_MAX_USEC);
+}
+
+/* The earliest deadline that applies now, and which exit it means (WORKER_DRAINED: the end of a
+ * stop's reading, not an exit). */
 static uint64_t next_deadline(bool pending, uint64_t last_in, uint64_t last_out, uint64_t session_end,
-                              const WorkerParams *p, int *ret_exit) {
+                              uint64_t drain_end, const WorkerParams *p, int *ret_exit) {
         uint64_t d = 0;
 
         if (!pending && p->idle_timeout) {
@@ -167,13 +192,17 @@ static uint64_t next_deadline(bool pending, uint64_t last_in, uint64_t last_out,
                 d = session_end;
                 *ret_exit = WORKER_MAX_SESSION;
         }
+        if (drain_end && (!d || drain_end <= d)) {
+                d = drain_end;
+                *ret_exit = WORKER_DRAINED;
+        }
         return d;
 }
 
 int worker_echo(int fd, const WorkerParams *p) {
         char *buf = w.buf;
         size_t start = 0, end = 0;
-        bool eof = false, draining = false, capped = false;
+        bool eof = false, draining = false, capped = false, stopping = false;
         Clock clock = { .now = p->start_usec, .stale = !p->start_usec };
         uint64_t now = clock_get(&clock), last_in = now, last_out = now, total_in = 0;
         uint64_t session_end = p->max_session ? now + (uint64_t) p->max_session * USEC_PER_SEC : 0;
@@ -182,6 +211,7 @@ int worker_echo(int fd, const WorkerParams *p) {
          * usually waiting when the child starts, and its echo fits the send buffer. */
         bool ready_in = true, ready_out = true, first_read = true;
         uint64_t rcvtimeo = 0; /* what SO_RCVTIMEO is set to, µs */
+        uint64_t stop_at = 0, quiet = 0, drain_end = 0; /* a stop's reading: see the top */
 
         w.fd = fd;
         w.armed = 1; /* stop is checked after this, before any wait */
@@ -190,9 +220,21 @@ int worker_echo(int fd, const WorkerParams *p) {
                 short events = 0, revents = 0;
                 bool block = false;
 
-                if (w.stop && !draining) {
-                        draining = true;
-                        finish = WORKER_DRAINED;
+                if (w.stop && !stopping) {
+                        stopping = true;
+                        clock.stale = true;
+                        stop_at = clock_get(&clock);
+                        quiet = drain_quiet(fd);
+                        rcvtimeo = UINT64_MAX; /* the handler set its own */
+                }
+                if (stopping && !draining) {
+                        drain_end = MIN(stop_at + DRAIN_MAX_USEC, MAX(stop_at, last_in) + quiet);
+                        if (eof || capped || clock_get(&clock) >= drain_end) {
+                                draining = true;
+                                drain_end = 0;
+                                if (!eof && !capped)
+                                        finish = WORKER_DRAINED;
+                        }
                 }
                 if ((eof || draining || capped) && start == end)
                         break;
@@ -201,7 +243,8 @@ int worker_echo(int fd, const WorkerParams *p) {
                 if (start < end)
                         events |= POLLOUT;
 
-                uint64_t deadline = next_deadline(start < end, last_in, last_out, session_end, p, &timeout_exit);
+                uint64_t deadline = next_deadline(start < end, last_in, last_out, session_end, drain_end, p,
+                                                  &timeout_exit);
                 revents = events & ((ready_in ? POLLIN : 0) | (ready_out ? POLLOUT : 0));
                 if (revents)
                         r = deadline && clock_get(&clock) >= deadline ? 0 : 1;
@@ -209,7 +252,7 @@ int worker_echo(int fd, const WorkerParams *p) {
                         /* nothing to send: sleep in recv() itself, until data, the deadline or SIGTERM
                          * (whose handler may have run before our setsockopt: look again after it) */
                         r = set_rcvtimeo(fd, deadline, clock_get(&clock), &rcvtimeo);
-                        if (r > 0 && w.stop)
+                        if (r > 0 && w.stop && !stopping)
                                 continue;
                         block = true;
                         revents = POLLIN;
@@ -229,6 +272,8 @@ int worker_echo(int fd, const WorkerParams *p) {
                 if (r < 0)
                         return WORKER_IO_ERROR;
                 if (r == 0) {
+                        if (timeout_exit == WORKER_DRAINED)
+                                continue; /* a stop's reading is over: the top ends it */
                         if (timeout_exit != WORKER_MAX_SESSION)
                                 return timeout_exit;
                         /* lifetime over: stop reading, echo what we hold, FIN (bounded below) */

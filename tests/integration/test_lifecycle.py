@@ -391,6 +391,32 @@ def test_sigterm_drains_open_connections(echod):
     echod.wait_log(r"stopped: 3 connections served, 0 refused")
 
 
+def test_sigterm_serves_a_request_still_on_the_wire(echod):
+    """A connection admitted just before SIGTERM whose first bytes arrive after it (a client behind
+    a load balancer, during a rolling restart) gets them echoed before the FIN, instead of being
+    closed empty ("closed: drained, 0 bytes in, 0 bytes out"): the bytes are sent only once the
+    master has logged the stop, and signalled its children."""
+    s = connect(echod.endpoint())
+    try:
+        wait_until(lambda: len(echod.children()) == 1, 5, "its child")
+        echod.proc.send_signal(signal.SIGTERM)
+        echod.wait_log(r"received SIGTERM, stopping: closing listeners, draining 1 connections")
+        payload = os.urandom(3000)
+        s.sendall(payload)
+        s.settimeout(5)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(65536)
+            assert chunk, f"FIN after {len(got)} of {len(payload)} bytes: the request was dropped"
+            got += chunk
+        assert got == payload
+        assert s.recv(64) == b"", "then a clean EOF (FIN)"
+    finally:
+        s.close()
+    assert echod.proc.wait(timeout=10) == 0
+    echod.wait_log(r"closed: drained, 3000 bytes in, 3000 bytes out")
+
+
 def test_sigterm_kills_stuck_connection_after_shutdown_timeout(echod_factory):
     e = echod_factory(shutdown_timeout=1)
     s = connect(e.endpoint())

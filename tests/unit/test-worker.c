@@ -146,6 +146,61 @@ static void test_stop_drains(void **state) {
         close(fd);
 }
 
+/* A stop does not cut off what the client sends right after it (it was on the wire): the worker
+ * reads on until the client is quiet, echoes it, then sends its FIN. Before, the FIN came at once
+ * and the late bytes were lost. */
+static void test_stop_reads_what_is_in_flight(void **state) {
+        pid_t pid;
+        int fd = spawn_worker(0, &pid);
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        char buf[16];
+
+        assert_int_equal(write_full(fd, "first", 5), 0);
+        assert_int_equal(read_full(fd, buf, 5), 5);
+        kill(pid, SIGTERM);
+        /* no FIN yet: the worker waits for the client to be quiet (DRAIN_QUIET_MIN_USEC, 100 ms) */
+        assert_int_equal(poll(&p, 1, 30), 0);
+        assert_int_equal(write_full(fd, "late", 4), 0);
+        assert_int_equal(read_full(fd, buf, 4), 4);
+        assert_memory_equal(buf, "late", 4);
+        assert_int_equal(poll(&p, 1, 2000), 1); /* then its FIN */
+        assert_int_equal(read(fd, buf, sizeof(buf)), 0);
+        shutdown(fd, SHUT_WR);
+        assert_int_equal(wait_exit(pid), WORKER_DRAINED);
+        close(fd);
+}
+
+/* A client that never pauses is cut DRAIN_MAX_USEC (1 s) after the stop: echo, FIN. */
+static void test_stop_ends_a_stream(void **state) {
+        pid_t pid, writer;
+        int fd = spawn_worker(0, &pid);
+        static char buf[65536];
+        uint64_t t0;
+
+        writer = fork();
+        assert_true(writer >= 0);
+        if (writer == 0) {
+                for (;;)
+                        if (write(fd, buf, 4096) < 0)
+                                _exit(0);
+        }
+        assert_true(read(fd, buf, sizeof(buf)) > 0);
+        kill(pid, SIGTERM);
+        t0 = clock_usec(CLOCK_MONOTONIC);
+        for (;;) {
+                ssize_t n = read(fd, buf, sizeof(buf));
+                assert_true(n >= 0);
+                if (n == 0)
+                        break;
+                assert_true(clock_usec(CLOCK_MONOTONIC) - t0 < 5 * USEC_PER_SEC);
+        }
+        kill(writer, SIGKILL);
+        waitpid(writer, NULL, 0);
+        shutdown(fd, SHUT_WR);
+        assert_int_equal(wait_exit(pid), WORKER_DRAINED);
+        close(fd);
+}
+
 /* SIGTERM at any moment of the worker's start or wait (before, during or after it arms its
  * receive timeout) ends it promptly as a drain: no window where it sleeps through it. */
 static void test_stop_at_any_moment(void **state) {
@@ -191,6 +246,8 @@ int main(void) {
                 cmocka_unit_test(test_idle_timeout),    cmocka_unit_test(test_nonblocking_socket_sleeps),
                 cmocka_unit_test(test_stop_drains),
                 cmocka_unit_test(test_stop_at_any_moment),
+                cmocka_unit_test(test_stop_reads_what_is_in_flight),
+                cmocka_unit_test(test_stop_ends_a_stream),
                 cmocka_unit_test(test_peer_gone),
                 cmocka_unit_test(test_exit_reasons),
         };
