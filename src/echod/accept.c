@@ -312,17 +312,11 @@ static void handle_connection(Accept *a, Listener *l, int fd, const SockAddr *sa
                 proxy_wait_start(a->proxy, fd, &info, (uint64_t) a->config->proxy_timeout * USEC_PER_SEC);
 }
 
-static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Accept *a = userdata;
-        Listener *l = NULL;
+/* Take up to max connections the kernel completed on l. */
+static void accept_some(Accept *a, Listener *l, unsigned max) {
+        int fd = l->fd;
 
-        for (unsigned i = 0; i < a->n_listeners && !l; i++)
-                if (a->listeners[i]->source == s)
-                        l = a->listeners[i];
-        if (!l)
-                return 0;
-
-        for (int i = 0; i < ACCEPT_BATCH; i++) {
+        for (unsigned i = 0; i < max; i++) {
                 SockAddr sa;
                 socklen_t len = sizeof(sa);
                 /* blocking, as the child sleeps in recv() on it: the master only ever reads it
@@ -332,7 +326,7 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
                 if (cfd < 0) {
                         switch (errno) {
                         case EAGAIN:
-                                return 0;
+                                return;
                         case EINTR:
                         case ECONNABORTED:
                         case EPROTO:
@@ -346,14 +340,25 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
                         case ENETUNREACH:
                                 continue;
                         default: /* EMFILE, ENFILE, ENOBUFS, ENOMEM and the unexpected */
-                                accept_backoff(a, errno);
-                                return 0;
+                                if (!a->stopping)
+                                        accept_backoff(a, errno);
+                                return;
                         }
                 }
                 handle_connection(a, l, cfd, &sa, len);
                 if (a->queue_full)
-                        return 0; /* the listeners are off now: the kernel backlog holds the rest */
+                        return; /* the listeners are off now: the kernel backlog holds the rest */
         }
+}
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Accept *a = userdata;
+
+        for (unsigned i = 0; i < a->n_listeners; i++)
+                if (a->listeners[i]->source == s) {
+                        accept_some(a, a->listeners[i], ACCEPT_BATCH);
+                        break;
+                }
         return 0;
 }
 
@@ -511,6 +516,12 @@ int accept_new(sd_event *event, const Children *children, const Config *config, 
 unsigned accept_stop(Accept *a) {
         unsigned n = 0;
 
+        /* what the kernel already completed is a client that connected before the stop: it is
+         * taken and admitted (or refused) like any other, not reset with the listener */
+        if (!a->stopping)
+                for (unsigned i = 0; i < a->n_listeners; i++)
+                        if (!a->queue_full)
+                                accept_some(a, a->listeners[i], a->config->backlog);
         a->stopping = true;
         for (unsigned i = 0; i < a->n_listeners; i++)
                 listener_free(a->listeners[i]);

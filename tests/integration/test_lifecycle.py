@@ -417,6 +417,34 @@ def test_sigterm_serves_a_request_still_on_the_wire(echod):
     echod.wait_log(r"closed: drained, 3000 bytes in, 3000 bytes out")
 
 
+def test_sigterm_serves_connections_already_in_the_backlog(echod):
+    """Clients whose handshake the kernel completed before the stop, not yet accepted by echod,
+    are taken and served, not reset with the listener. The master is stopped (SIGSTOP) and sent
+    SIGTERM, then they connect and send; it handles the stop first when it runs again."""
+    os.kill(echod.proc.pid, signal.SIGSTOP)
+    clients = []
+    try:
+        os.kill(echod.proc.pid, signal.SIGTERM)
+        for i in range(20):
+            s = connect(echod.endpoint())
+            s.sendall(b"in the backlog %d\n" % i)
+            clients.append(s)
+    finally:
+        os.kill(echod.proc.pid, signal.SIGCONT)
+    for i, s in enumerate(clients):
+        want = b"in the backlog %d\n" % i
+        s.settimeout(10)
+        got = b""
+        while len(got) < len(want):
+            chunk = s.recv(100)
+            assert chunk, f"client {i}: closed after {got!r}"
+            got += chunk
+        assert got == want
+        s.close()
+    assert echod.proc.wait(timeout=15) == 0
+    echod.wait_log(r"stopped: 20 connections served, 0 refused")
+
+
 def test_sigterm_kills_stuck_connection_after_shutdown_timeout(echod_factory):
     e = echod_factory(shutdown_timeout=1)
     s = connect(e.endpoint())
