@@ -526,8 +526,8 @@ unsigned accept_stop(Accept *a) {
         for (unsigned i = 0; i < a->n_listeners; i++)
                 listener_free(a->listeners[i]);
         a->n_listeners = 0;
-        if (a->proxy)
-                n += proxy_wait_drop(a->proxy);
+        /* connections waiting for their PROXY header stay: a balancer sends it, and the request,
+         * at once (accept_drop_headers() ends them at shutdown_timeout) */
         if (a->wait)
                 n += wait_drop(a->wait);
         if (a->queue_timer)
@@ -535,10 +535,19 @@ unsigned accept_stop(Accept *a) {
         return n;
 }
 
+unsigned accept_headers_waiting(const Accept *a) {
+        return a->proxy ? proxy_wait_count(a->proxy) : 0;
+}
+
+unsigned accept_drop_headers(Accept *a) {
+        return a->proxy ? proxy_wait_drop(a->proxy) : 0;
+}
+
 Accept *accept_free(Accept *a) {
         if (!a)
                 return NULL;
         (void) accept_stop(a);
+        (void) accept_drop_headers(a);
         free(a->listeners);
         sd_event_source_disable_unref(a->backoff_timer);
         sd_event_source_disable_unref(a->queue_timer);

@@ -56,6 +56,10 @@ void accept_abort(AcceptPlan *p);
 void accept_slots_freed(Accept *a);
 /* Stopping: close the listeners and every connection not admitted. Returns how many. */
 unsigned accept_stop(Accept *a);
+/* Connections accepted and waiting for their PROXY header (they outlive accept_stop()), and
+ * closing them all; returns how many. */
+unsigned accept_headers_waiting(const Accept *a);
+unsigned accept_drop_headers(Accept *a);
 /* A connection admitted but never started (fork failed): a refusal all the same. */
 void accept_note_refusal(Accept *a, Refusal reason, const Child *info, const char *detail, int error);
 

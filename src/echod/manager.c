@@ -119,9 +119,15 @@ static int on_admit(void *userdata, int fd, const Child *info) {
 static void on_started(void *userdata, int slot, pid_t pid, unsigned spawner) {
         Manager *m = userdata;
 
-        if (children_started(m->children, slot, pid, spawner) < 0)
+        if (children_started(m->children, slot, pid, spawner) < 0) {
                 /* a pid that is already someone's: the spawner is not what we started */
                 child_failed(m, slot, -EBADMSG);
+                return;
+        }
+        /* admitted during a stop (from the backlog, or once its PROXY header came): it drains
+         * like the rest (again to every child of the group: a repeated SIGTERM is harmless) */
+        if (m->stopping)
+                spawner_signal(m->spawner, m->stop_signal);
 }
 
 static void on_failed(void *userdata, int slot, int error) {
@@ -319,6 +325,7 @@ static int on_shutdown_timeout(sd_event_source *s, uint64_t usec, void *userdata
         /* a spawner that is stopped or stuck passes nothing on: its children become ours, and are
          * killed as they are adopted */
         spawner_kill(m->spawner);
+        (void) accept_drop_headers(m->accept);
         return 0;
 }
 
@@ -345,7 +352,7 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         notify_stopping(status);
         log_info("received SIG%s, stopping: closing listeners, draining %u connections", name ? name : "?", active);
         if (dropped > 0)
-                log_info("closed %u connections that were waiting for a PROXY header, a free slot or a spawner",
+                log_info("closed %u connections that were waiting for a free slot or a spawner",
                          dropped);
         signal_children(m, SIGTERM);
         return 0;
@@ -463,7 +470,7 @@ static int on_post(sd_event_source *s, void *userdata) {
 
         if (ECHOD_INVARIANTS)
                 check_invariants(m);
-        if (m->stopping && children_active(m->children) == 0)
+        if (m->stopping && children_active(m->children) == 0 && accept_headers_waiting(m->accept) == 0)
                 return sd_event_exit(m->event, 0);
         return 0;
 }

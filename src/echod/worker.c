@@ -81,7 +81,8 @@ static uint64_t clock_get(Clock *c) {
  * first read dirties anyway (a separate global would cost every child a page of its own). */
 static struct {
         volatile sig_atomic_t stop;
-        volatile sig_atomic_t armed; /* fd is set */
+        volatile sig_atomic_t kicked; /* the handler set SO_RCVTIMEO: ours must be set again */
+        volatile sig_atomic_t armed;  /* fd is set */
         int fd;
         char buf[WORKER_BUFFER];
 } w;
@@ -90,6 +91,7 @@ void worker_request_stop(void) {
         int saved = errno;
 
         w.stop = 1;
+        w.kicked = 1;
         /* a recv() about to block returns at once; one blocking already gets EINTR */
         if (w.armed)
                 (void) setsockopt(w.fd, SOL_SOCKET, SO_RCVTIMEO, &(struct timeval) { .tv_usec = 1 },
@@ -220,12 +222,15 @@ int worker_echo(int fd, const WorkerParams *p) {
                 short events = 0, revents = 0;
                 bool block = false;
 
+                if (w.kicked) {
+                        w.kicked = 0;
+                        rcvtimeo = UINT64_MAX; /* the handler set its own (a SIGTERM may come twice) */
+                }
                 if (w.stop && !stopping) {
                         stopping = true;
                         clock.stale = true;
                         stop_at = clock_get(&clock);
                         quiet = drain_quiet(fd);
-                        rcvtimeo = UINT64_MAX; /* the handler set its own */
                 }
                 if (stopping && !draining) {
                         drain_end = MIN(stop_at + DRAIN_MAX_USEC, MAX(stop_at, last_in) + quiet);

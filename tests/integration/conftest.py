@@ -463,6 +463,45 @@ def proc_status(pid):
     return out
 
 
+_NEED_FAILED = {}  # package -> why it could not be installed (tried once per run)
+
+
+def need(package, binary):
+    """The path of binary, installing Debian's package if it is missing (apt-get, as root);
+    skips the test with the reason when that is impossible. A skip is never a pass: the reason
+    names what was missing and why it could not be had."""
+    if os.access(binary, os.X_OK):
+        return binary
+    if package in _NEED_FAILED:
+        pytest.skip(_NEED_FAILED[package])
+    why = None
+    if os.geteuid() != 0:
+        why = f"{binary} is missing and installing {package} needs root"
+    elif not shutil.which("apt-get"):
+        why = f"{binary} is missing and there is no apt-get to install {package}"
+    else:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        # another run may hold the dpkg lock: wait for it rather than fail
+        install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq",
+                   "--no-install-recommends", package]
+        tail = ""
+        for attempt in range(2):
+            if attempt:  # the package lists may be empty or stale on a fresh machine
+                subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-qq"], env=env,
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+            try:
+                r = subprocess.run(install, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                   text=True, timeout=900)
+                tail = (r.stdout + r.stderr)[-1000:]
+            except subprocess.TimeoutExpired:
+                tail = "apt-get install timed out"
+            if os.access(binary, os.X_OK):
+                return binary
+        why = f"{binary} is missing and 'apt-get install {package}' did not provide it: {tail}"
+    _NEED_FAILED[package] = why
+    pytest.skip(why)
+
+
 def clean_env():
     """Our environment minus anything that would make echod think a service manager runs it."""
     env = sanitizer_env(dict(os.environ))

@@ -1,4 +1,4 @@
-"""Small echo servers for echoc's tests: a correct one and deliberately broken ones.
+"""Small echo servers for echoc's and the checkers' tests: a correct one and deliberately broken ones.
 
 Each server binds 127.0.0.1 (or ::1) port 0 and listens before the constructor returns, so a
 client started afterwards always finds it (no sleep-and-hope). One thread per connection.
@@ -11,6 +11,8 @@ client started afterwards always finds it (no sleep-and-hope). One thread per co
   delay     echoes each chunk after `delay` seconds (or after delays[i % len(delays)] for the
             i-th chunk, when `delays` is given)
   proxy     expects a PROXY v1/v2 header, records it (self.headers), then echoes
+  reverse   answers the first chunk it reads with its bytes in reverse order, then half-closes
+            (FIN) and discards the rest: a checker's expect step sees a wrong answer at once
 """
 import os
 import socket
@@ -136,6 +138,12 @@ class EchoServer:
 
     def _serve_truncate(self, c):
         self._echo_first(c)
+        self._finish(c)
+
+    def _serve_reverse(self, c):
+        b = c.recv(65536)
+        if b:
+            c.sendall(b[::-1])
         self._finish(c)
 
     def _serve_silent(self, c):
