@@ -36,6 +36,7 @@ struct Accept {
         Acl *acl;
         TokenBucket rate;
         RateTable *source_rates;
+        uint64_t rates_overflows, rates_evictions; /* of the tables a reload replaced */
         ProxyWait *proxy;
         WaitQueue *wait;
         bool queue_full, stopping;
@@ -451,6 +452,10 @@ void accept_commit(Accept *a, AcceptPlan *p, AcceptChanges *ret) {
         a->acl = TAKE_PTR(p->acl);
         if (p->rates) {
                 /* per-source buckets are keyed by the grouping; a new rate starts them afresh */
+                if (a->source_rates) {
+                        a->rates_overflows += rate_table_overflows(a->source_rates);
+                        a->rates_evictions += rate_table_evictions(a->source_rates);
+                }
                 rate_table_free(a->source_rates);
                 a->source_rates = TAKE_PTR(p->rates);
         }
@@ -573,6 +578,15 @@ unsigned accept_queued(const Accept *a) {
 
 const Refusals *accept_refusals(const Accept *a) {
         return a->refusals;
+}
+
+void accept_rate_table(const Accept *a, SourceTableStats *ret) {
+        *ret = (SourceTableStats) {
+                .entries = a->source_rates ? rate_table_size(a->source_rates) : 0,
+                .capacity = SOURCE_RATES_MAX,
+                .overflows = a->rates_overflows + (a->source_rates ? rate_table_overflows(a->source_rates) : 0),
+                .evictions = a->rates_evictions + (a->source_rates ? rate_table_evictions(a->source_rates) : 0),
+        };
 }
 
 int accept_check(const Accept *a, const char **ret_what) {

@@ -66,5 +66,7 @@ void accept_note_refusal(Accept *a, Refusal reason, const Child *info, const cha
 Listener *const *accept_listeners(const Accept *a, unsigned *ret_n);
 unsigned accept_queued(const Accept *a);
 const Refusals *accept_refusals(const Accept *a);
+/* The per-source rate table's fill; its counters include the tables reloads replaced. */
+void accept_rate_table(const Accept *a, SourceTableStats *ret);
 
 int accept_check(const Accept *a, const char **ret_what);

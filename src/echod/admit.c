@@ -12,6 +12,7 @@
 
 struct SourceTable {
         HashMap *map; /* masked IpAddr -> live connections; entries exist only while > 0 */
+        uint64_t overflows;
 };
 
 static const char *const refusal_names[_REFUSE_MAX] = {
@@ -65,7 +66,10 @@ int source_table_add(SourceTable *t, const IpAddr *key) {
                 (*v)++;
                 return 0;
         }
-        return hashmap_put(t->map, key, 1);
+        int r = hashmap_put(t->map, key, 1);
+        if (r < 0)
+                t->overflows++;
+        return r;
 }
 
 void source_table_remove(SourceTable *t, const IpAddr *key) {
@@ -83,6 +87,14 @@ void source_table_clear(SourceTable *t) {
 
 unsigned source_table_size(const SourceTable *t) {
         return (unsigned) hashmap_size(t->map);
+}
+
+void source_table_stats(const SourceTable *t, SourceTableStats *ret) {
+        *ret = (SourceTableStats) {
+                .entries = source_table_size(t),
+                .capacity = SLOTS_MAX,
+                .overflows = t->overflows,
+        };
 }
 
 bool source_table_next(const SourceTable *t, size_t *pos, const void **ret_key, int32_t *ret_count) {

@@ -28,6 +28,14 @@ typedef struct AdmitLimits {
         unsigned prefix_v4, prefix_v6;
 } AdmitLimits;
 
+/* A per-source table's fill, for the status report: the connections' counts here (SourceTable), the
+ * per-source rate buckets in ratelimit.h. Counters run from the start of the table. */
+typedef struct SourceTableStats {
+        unsigned entries, capacity;
+        uint64_t overflows; /* a new source found no room (not tracked, let through) */
+        uint64_t evictions; /* an entry dropped to make room for a new source */
+} SourceTableStats;
+
 typedef struct SourceTable SourceTable;
 
 int source_table_new(SourceTable **ret);
@@ -38,6 +46,9 @@ int source_table_add(SourceTable *t, const IpAddr *key);
 void source_table_remove(SourceTable *t, const IpAddr *key);
 void source_table_clear(SourceTable *t);
 unsigned source_table_size(const SourceTable *t);
+/* Entries, capacity (SLOTS_MAX: a key per admitted connection at most) and the adds that found the
+ * table full (none, with that capacity; evictions: never). */
+void source_table_stats(const SourceTable *t, SourceTableStats *ret);
 /* Iterate groups and their counts: start with *pos = 0. */
 bool source_table_next(const SourceTable *t, size_t *pos, const void **ret_key, int32_t *ret_count);
 

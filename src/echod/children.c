@@ -24,6 +24,14 @@
 
 _Static_assert(SLOTS_MAX == CONFIG_MAX_CONNECTIONS, "one slot per connection max_connections allows");
 
+/* Fixed buckets, so every scrape and every echod compare: a millisecond to an hour, and 64 bytes to
+ * a gigabyte, by factors of about 10 (16 for bytes). */
+static const uint64_t duration_bounds_usec[] = { 1000, 10000, 100000, 1000000, 10000000, 60000000, 600000000,
+                                                 3600000000 };
+static const uint64_t bytes_bounds[] = { 64, 1024, 16384, 262144, 4194304, 67108864, 1073741824 };
+_Static_assert(ELEMENTSOF(duration_bounds_usec) <= CHILD_HISTOGRAM_BOUNDS_MAX, "histogram bounds");
+_Static_assert(ELEMENTSOF(bytes_bounds) <= CHILD_HISTOGRAM_BOUNDS_MAX, "histogram bounds");
+
 struct Children {
         Child *slots;       /* SLOTS_MAX entries; pid 0 = free */
         int *fds;           /* SLOTS_MAX entries: each used slot's socket */
@@ -50,6 +58,9 @@ int children_new(Children **ret) {
                 children_free(t);
                 return -ENOMEM;
         }
+        t->counters.duration_usec = (ChildHistogram) { .bounds = duration_bounds_usec,
+                                                       .n_bounds = ELEMENTSOF(duration_bounds_usec) };
+        t->counters.bytes = (ChildHistogram) { .bounds = bytes_bounds, .n_bounds = ELEMENTSOF(bytes_bounds) };
         *ret = t;
         return 0;
 }
@@ -84,6 +95,24 @@ unsigned children_source_count(const Children *t, const IpAddr *source) {
 
 const ChildCounters *children_counters(const Children *t) {
         return &t->counters;
+}
+
+void children_source_table(const Children *t, SourceTableStats *ret) {
+        source_table_stats(t->sources, ret);
+}
+
+const char *child_end_name(int end) {
+        return end == CHILD_END_KILLED ? "killed" : worker_exit_reason(end);
+}
+
+static void histogram_note(ChildHistogram *h, uint64_t v) {
+        unsigned i = 0;
+
+        while (i < h->n_bounds && v > h->bounds[i])
+                i++;
+        h->counts[i]++;
+        h->sum += v;
+        h->count++;
 }
 
 static bool slot_valid(const Children *t, int slot) {
@@ -176,16 +205,20 @@ int children_exited(Children *t, pid_t pid, int status, uint64_t now, ChildRecor
                 ret->failure = code == WORKER_SETUP_FAILED || code == WORKER_IO_ERROR || code >= _WORKER_EXIT_MAX;
                 if (code == WORKER_SETUP_FAILED)
                         t->counters.crashed++;
+                t->counters.closed_by[code < _WORKER_EXIT_MAX ? code : CHILD_END_UNKNOWN]++;
         } else {
                 int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
                 const char *name = sigabbrev_np(sig);
                 snprintf(ret->reason, sizeof(ret->reason), "killed-by-SIG%s", name ? name : "?");
                 ret->failure = true;
                 t->counters.crashed++;
+                t->counters.closed_by[CHILD_END_KILLED]++;
         }
         t->counters.closed++;
         t->counters.bytes_in += ret->bytes_in;
         t->counters.bytes_out += ret->bytes_out;
+        histogram_note(&t->counters.duration_usec, ret->duration_usec);
+        histogram_note(&t->counters.bytes, ret->bytes_in);
         return 0;
 }
 
@@ -292,6 +325,18 @@ int children_check(const Children *t, const char **ret_what) {
         /* every source's count is the number of admitted connections with that key, and the table
          * holds no other key: so the counts sum to active */
         CHECK(source_table_matches(t->sources, keys, used), "per-source counts differ from the admitted connections");
+        /* every ended process is counted once by how it ended, and once in each histogram */
+        uint64_t by_end = 0, durations = 0, bytes = 0;
+        for (unsigned i = 0; i < _CHILD_END_MAX; i++)
+                by_end += t->counters.closed_by[i];
+        for (unsigned i = 0; i <= t->counters.duration_usec.n_bounds; i++)
+                durations += t->counters.duration_usec.counts[i];
+        for (unsigned i = 0; i <= t->counters.bytes.n_bounds; i++)
+                bytes += t->counters.bytes.counts[i];
+        CHECK(by_end == t->counters.closed, "closed != the sum of closed by reason");
+        CHECK(durations == t->counters.closed && t->counters.duration_usec.count == t->counters.closed &&
+                      bytes == t->counters.closed && t->counters.bytes.count == t->counters.closed,
+              "a histogram's buckets or count differ from closed");
 #undef CHECK
         return 0;
 }

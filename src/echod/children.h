@@ -4,7 +4,8 @@
  * Owns the slot table (a slot per admitted connection, and its socket: held until the
  * connection's process is gone, its byte counts read from the kernel — a child writes nothing the
  * master reads), the per-source counts of admitted connections, and the counters of connections
- * that ended. Verbs only: no logging, no event loop. The master logs the records they return.
+ * that ended (by how they ended, and histograms of their duration and bytes). Verbs only: no
+ * logging, no event loop. The master logs the records they return.
  *
  * A connection's life:
  *   children_admit()    slot taken, counted: pending (handed to the spawner, no process yet)
@@ -16,13 +17,16 @@
  *
  * Invariants (children_check(), asserted after every event in an invariants build):
  *   active = pending + live; the per-source counts sum to active; the pid index holds exactly
- *   the live ones, each once; free + used slots = slots ever used. */
+ *   the live ones, each once; free + used slots = slots ever used; the ended ones by reason, and
+ *   each histogram's buckets and count, sum to closed. */
 #pragma once
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "echod/admit.h"
+#include "echod/worker.h"
 #include "shared/ipaddr.h"
 
 #define CHILD_PID_PENDING ((pid_t) -1)
@@ -51,6 +55,28 @@ typedef struct ChildRecord {
         bool failure;     /* an error worth a warning even with log_connections off */
 } ChildRecord;
 
+/* How a process ended, for the counters: a bounded set. The worker's exit codes (WorkerExit) keep
+ * their numbers; any other exit code is one, death by any signal another (the record names the
+ * signal, the counters do not). */
+typedef enum ChildEnd {
+        CHILD_END_UNKNOWN = _WORKER_EXIT_MAX, /* "unknown-exit": e.g. reaped by a dead spawner, unreported */
+        CHILD_END_KILLED,                     /* "killed": by a signal */
+        _CHILD_END_MAX,
+} ChildEnd;
+
+/* "clean", "idle-timeout", ... (worker_exit_reason()), "unknown-exit", "killed" */
+const char *child_end_name(int end);
+
+/* A histogram of ended processes, with fixed upper bounds (inclusive, ascending). */
+#define CHILD_HISTOGRAM_BOUNDS_MAX 8
+typedef struct ChildHistogram {
+        const uint64_t *bounds; /* n_bounds entries */
+        unsigned n_bounds;
+        /* per bucket, not cumulative; [n_bounds]: above the last bound */
+        uint64_t counts[CHILD_HISTOGRAM_BOUNDS_MAX + 1];
+        uint64_t sum, count;
+} ChildHistogram;
+
 typedef struct ChildCounters {
         uint64_t accepted;           /* admitted and handed to a process */
         uint64_t closed;             /* processes that ended */
@@ -58,6 +84,9 @@ typedef struct ChildCounters {
         uint64_t fork_failed;        /* admitted, but no process could be made */
         uint64_t bytes_in, bytes_out; /* of the connections that ended */
         unsigned peak;
+        uint64_t closed_by[_CHILD_END_MAX]; /* closed, by how (ChildEnd); sums to closed */
+        ChildHistogram duration_usec; /* closed: time from admission to the end of the process */
+        ChildHistogram bytes;         /* closed: bytes received from the client (bytes_in) */
 } ChildCounters;
 
 typedef struct Children Children;
@@ -71,6 +100,8 @@ unsigned children_active(const Children *t);
 unsigned children_pending(const Children *t);
 unsigned children_source_count(const Children *t, const IpAddr *source);
 const ChildCounters *children_counters(const Children *t);
+/* The per-source counts' table: its fill (it holds a key per admitted connection at most). */
+void children_source_table(const Children *t, SourceTableStats *ret);
 
 /* --- verbs --- */
 /* Take a slot for an admitted connection (info->source is its per-source key) and its socket fd,

@@ -120,15 +120,15 @@ static void client_free(ControlClient *c) {
 }
 
 static int answer(ControlClient *c) {
-        StatusFormat format;
+        int format = -EINVAL;
 
         c->command[strcspn(c->command, "\r\n")] = 0;
         if (streq(c->command, "status"))
                 format = STATUS_TEXT;
-        else if (streq(c->command, "status json"))
-                format = STATUS_JSON;
-        else {
-                c->answer = strdup("error: unknown command (try 'status' or 'status json')\n");
+        else if (strncmp(c->command, "status ", strlen("status ")) == 0)
+                format = status_format_from_name(c->command + strlen("status "));
+        if (format < 0) {
+                c->answer = strdup("error: unknown command (try 'status', 'status json' or 'status prometheus')\n");
                 c->answer_len = c->answer ? strlen(c->answer) : 0;
                 return c->answer ? 0 : -ENOMEM;
         }

@@ -6,7 +6,8 @@
 
 #include "echod/status.h"
 
-/* The server: answers "status" and "status json" with what report() returns (a malloc'd buffer).
+/* The server: answers "status" and "status FORMAT" (status_format_name(): "text", "json",
+ * "prometheus") with what report() returns (a malloc'd buffer).
  * Owns its listening fd and its clients; never blocks the loop. */
 typedef int (*ControlReport)(void *userdata, StatusFormat format, char **ret, size_t *ret_len);
 typedef struct Control Control;
@@ -20,6 +21,6 @@ Control *control_free(Control *c);
  * a running echod answers there, or -errno. */
 int control_bind(const char *path);
 
-/* The client: send command ("status" or "status json"), copy the answer to out.
+/* The client: send command ("status" or "status FORMAT"), copy the answer to out.
  * Returns 0 or -errno (-ENOENT/-ECONNREFUSED: no echod listening there). */
 int control_query(const char *path, const char *command, FILE *out);

@@ -28,12 +28,12 @@ static bool arg_foreground = false;
 static bool arg_stderr = false;
 static bool arg_test = false;
 static bool arg_dump = false;
-static bool arg_json = false;
+static int arg_format = -1; /* StatusFormat, for 'status'; -1: not given (text) */
 static const char *arg_command = NULL; /* "status": ask the running echod */
 
 static void help(void) {
         printf("usage: echod [-DetTVh] [-f config_file]\n"
-               "       echod [-f config_file] status [--json]\n"
+               "       echod [-f config_file] status [--format=text|json|prometheus] [--json]\n"
                "\n"
                "TCP echo service (RFC 862): forks one process per connection.\n"
                "\n"
@@ -44,7 +44,8 @@ static void help(void) {
                "  -T       print the effective configuration, defaults included, and exit\n"
                "  -V       print the version and exit\n"
                "  -h       show this help\n"
-               "  status   ask the running echod what it is doing (--json for scripts)\n"
+               "  status   ask the running echod what it is doing: --format=text (the default),\n"
+               "           json (for scripts; --json is the same) or prometheus (for monitoring)\n"
                "\n"
                "Signals: HUP reloads the configuration, TERM or INT drains and stops.\n"
                "See echod(8) and echod.conf(5).\n",
@@ -54,6 +55,7 @@ static void help(void) {
 static int parse_argv(int argc, char *argv[]) {
         static const struct option long_options[] = {
                 { "json", no_argument, NULL, 'j' },
+                { "format", required_argument, NULL, 'F' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
                 { NULL, 0, NULL, 0 },
@@ -84,7 +86,14 @@ static int parse_argv(int argc, char *argv[]) {
                         help();
                         exit(EXIT_SUCCESS);
                 case 'j':
-                        arg_json = true;
+                        arg_format = STATUS_JSON;
+                        break;
+                case 'F':
+                        arg_format = status_format_from_name(optarg);
+                        if (arg_format < 0) {
+                                fprintf(stderr, "echod: unknown format '%s' (text, json or prometheus)\n", optarg);
+                                return -EINVAL;
+                        }
                         break;
                 default:
                         fprintf(stderr, "Try 'echod -h' for more information.\n");
@@ -97,8 +106,8 @@ static int parse_argv(int argc, char *argv[]) {
                         argv[optind]);
                 return -EINVAL;
         }
-        if (arg_json && !arg_command) {
-                fprintf(stderr, "echod: --json goes with 'status'\n");
+        if (arg_format >= 0 && !arg_command) {
+                fprintf(stderr, "echod: --json and --format go with 'status'\n");
                 return -EINVAL;
         }
         return 0;
@@ -122,6 +131,7 @@ static int bind_listeners(const Config *c, Listener ***ret, unsigned *ret_n) {
 
 /* 'echod status': the config names the socket; the daemon answers. */
 static int query_status(Config *c) {
+        char command[64] = "status"; /* text: the command every echod answers */
         int r;
 
         if (!c->control_socket[0]) {
@@ -129,7 +139,9 @@ static int query_status(Config *c) {
                 config_free(c);
                 return EXIT_FAILURE;
         }
-        r = control_query(c->control_socket, arg_json ? "status json" : "status", stdout);
+        if (arg_format >= 0 && arg_format != STATUS_TEXT)
+                snprintf(command, sizeof(command), "status %s", status_format_name(arg_format));
+        r = control_query(c->control_socket, command, stdout);
         if (r < 0)
                 fprintf(stderr, "echod: cannot ask %s: %s%s\n", c->control_socket, strerror(-r),
                         r == -ENOENT || r == -ECONNREFUSED ? " (is echod running?)" : "");

@@ -49,7 +49,7 @@ struct Manager {
         int stop_signal; /* what live connections were last sent: SIGTERM, then SIGKILL */
         char last_status[512];
         uint64_t started_realtime, started_monotonic, loaded_realtime;
-        unsigned reloads;
+        unsigned reloads, reload_failures;
 };
 
 /* --- connection records ---------------------------------------------------------------------- */
@@ -274,6 +274,7 @@ static StatusSources sources(const Manager *m) {
                 .started_monotonic = m->started_monotonic,
                 .loaded_realtime = m->loaded_realtime,
                 .reloads = m->reloads,
+                .reload_failures = m->reload_failures,
         };
 }
 
@@ -360,7 +361,8 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
 
 /* --- reload ---------------------------------------------------------------------------------- */
 
-static void reload_failed(const char *what) {
+static void reload_failed(Manager *m, const char *what) {
+        m->reload_failures++;
         log_full(LOG_ERR, 0, MESSAGE_ID_RELOAD_FAILED, "Failed to reload, keeping the old configuration: %s", what);
 }
 
@@ -382,12 +384,12 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
         /* prepare: everything the new configuration needs, built beside what runs */
         r = config_load(m->config->path, &c, &error);
         if (r < 0) {
-                reload_failed(error ? error : strerror(-r));
+                reload_failed(m, error ? error : strerror(-r));
                 goto done;
         }
         r = accept_prepare(m->accept, c, &plan, &error);
         if (r < 0) {
-                reload_failed(error ? error : strerror(-r));
+                reload_failed(m, error ? error : strerror(-r));
                 goto done;
         }
         if (c->sandbox != m->config->sandbox) {
@@ -398,7 +400,7 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
                         char what[128];
                         snprintf(what, sizeof(what), "cannot start echod-spawner with sandbox = %s: %s",
                                  c->sandbox ? "true" : "false", strerror(-r));
-                        reload_failed(what);
+                        reload_failed(m, what);
                         accept_abort(plan);
                         sandbox_free(sandbox);
                         goto done;

@@ -59,7 +59,7 @@ struct RateTable {
         IpAddr *keys; /* apart: only a new or dropped source needs its key */
         int32_t head, tail, free_head;
         unsigned next_fresh, max;
-        uint64_t overflows;
+        uint64_t overflows, evictions;
 };
 
 /* Full buckets dropped from the tail per new source: one makes room for the newcomer, the other
@@ -136,6 +136,7 @@ static int32_t alloc_slot(RateTable *t) {
 }
 
 static void release_slot(RateTable *t, int32_t i) {
+        t->evictions++;
         hashmap_remove(t->index, &t->keys[i]);
         lru_unlink(t, i);
         t->slots[i].next = t->free_head;
@@ -206,8 +207,16 @@ unsigned rate_table_size(const RateTable *t) {
         return (unsigned) hashmap_size(t->index);
 }
 
+unsigned rate_table_capacity(const RateTable *t) {
+        return t->max;
+}
+
 uint64_t rate_table_overflows(const RateTable *t) {
         return t->overflows;
+}
+
+uint64_t rate_table_evictions(const RateTable *t) {
+        return t->evictions;
 }
 
 void rate_table_clear(RateTable *t) {

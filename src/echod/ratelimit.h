@@ -34,5 +34,8 @@ bool rate_table_take(RateTable *t, const IpAddr *source, double rate, unsigned b
 /* Drop every bucket that is full again; returns how many remain. O(size): takes never need it. */
 unsigned rate_table_sweep(RateTable *t, double rate, unsigned burst, uint64_t now);
 unsigned rate_table_size(const RateTable *t);
+unsigned rate_table_capacity(const RateTable *t); /* max */
 uint64_t rate_table_overflows(const RateTable *t);
+/* Full buckets dropped, by a new source or a sweep, to free their slot (no state is lost). */
+uint64_t rate_table_evictions(const RateTable *t);
 void rate_table_clear(RateTable *t);

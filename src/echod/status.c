@@ -1,4 +1,5 @@
-/* The status report: a snapshot of the modules' const views, then text or JSON from it.
+/* The status report: a snapshot of the modules' const views, then text or JSON from it (or the
+ * Prometheus text format: metrics.c).
  * Nothing is sampled or estimated except the top refused sources (admit.h says how). */
 #include <inttypes.h>
 #include <stdio.h>
@@ -9,68 +10,62 @@
 
 #include "build-config.h"
 #include "echod/log.h"
+#include "echod/metrics.h"
 #include "echod/status.h"
 #include "shared/json.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
-#define TOP_SOURCES 10
 #define LOG_CONNECTIONS_MAX 50
 
-typedef struct Live {
-        Child child;
-        uint64_t in, out, idle_usec;
-} Live;
+static const char *const format_names[_STATUS_FORMAT_MAX] = {
+        [STATUS_TEXT] = "text",
+        [STATUS_JSON] = "json",
+        [STATUS_PROMETHEUS] = "prometheus",
+};
 
-typedef struct SourceCount {
-        IpAddr source;
-        unsigned count;
-} SourceCount;
+const char *status_format_name(StatusFormat format) {
+        return format >= 0 && format < _STATUS_FORMAT_MAX ? format_names[format] : NULL;
+}
+
+int status_format_from_name(const char *name) {
+        for (int i = 0; i < _STATUS_FORMAT_MAX; i++)
+                if (streq(name, format_names[i]))
+                        return i;
+        return -EINVAL;
+}
+
+const char *status_table_name(StatusTable table) {
+        return table == STATUS_TABLE_RATE ? "rate" : table == STATUS_TABLE_CONNECTIONS ? "connections" : "unknown";
+}
 
 static int by_age(const void *a, const void *b) {
-        const Live *x = a, *y = b;
+        const StatusLive *x = a, *y = b;
         return x->child.start_usec < y->child.start_usec ? -1 : x->child.start_usec > y->child.start_usec;
 }
 
 static int by_count(const void *a, const void *b) {
-        const SourceCount *x = a, *y = b;
+        const StatusSourceCount *x = a, *y = b;
         return x->count < y->count ? 1 : x->count > y->count ? -1 : 0;
 }
 
-/* Everything the report shows, taken at one moment, so text and JSON agree. */
-typedef struct Snapshot {
-        const StatusSources *src;
-        uint64_t now;
-        Listener *const *listeners;
-        unsigned n_listeners;
-        ChildCounters counters;
-        SpawnerStatus spawner;
-        uint64_t refused[_REFUSE_MAX], refused_total;
-        unsigned queued, max_connections;
-        Live *live;
-        unsigned n_live;
-        uint64_t bytes_in, bytes_out; /* ended plus live */
-        SourceCount top_active[TOP_SOURCES];
-        unsigned n_top_active;
-        RefusalTop refused_sources;
-        char *effective; /* the configuration in force, as -T prints it */
-        size_t effective_len;
-} Snapshot;
-
-static void snapshot_done(Snapshot *s) {
+static void snapshot_done(StatusSnapshot *s) {
         free(s->live);
         free(s->effective);
 }
 
-static int snapshot(const StatusSources *src, Snapshot *s) {
+static int snapshot(const StatusSources *src, StatusSnapshot *s) {
         const Refusals *refusals = accept_refusals(src->accept);
         unsigned n = children_active(src->children);
         size_t pos = 0;
         const Child *c;
         int slot;
 
-        *s = (Snapshot) { .src = src, .now = now_usec(), .counters = *children_counters(src->children),
-                          .queued = accept_queued(src->accept), .max_connections = src->config->max_connections };
+        *s = (StatusSnapshot) { .src = src, .now = now_usec(), .counters = *children_counters(src->children),
+                                .active = n, .pending = children_pending(src->children),
+                                .queued = accept_queued(src->accept), .max_connections = src->config->max_connections };
+        accept_rate_table(src->accept, &s->tables[STATUS_TABLE_RATE]);
+        children_source_table(src->children, &s->tables[STATUS_TABLE_CONNECTIONS]);
         s->listeners = accept_listeners(src->accept, &s->n_listeners);
         spawner_status(src->spawner, &s->spawner);
         memcpy(s->refused, refusals_counts(refusals), sizeof(s->refused));
@@ -85,7 +80,7 @@ static int snapshot(const StatusSources *src, Snapshot *s) {
         if (fclose(f) != 0)
                 return -ENOMEM;
 
-        s->live = calloc(n ? n : 1, sizeof(Live));
+        s->live = calloc(n ? n : 1, sizeof(StatusLive));
         if (!s->live) {
                 snapshot_done(s);
                 return -ENOMEM;
@@ -93,7 +88,7 @@ static int snapshot(const StatusSources *src, Snapshot *s) {
         while ((c = children_next(src->children, &pos, &slot)) && s->n_live < n) {
                 if (c->pid <= 0)
                         continue; /* handed over, no process yet */
-                Live *l = &s->live[s->n_live++];
+                StatusLive *l = &s->live[s->n_live++];
                 l->child = *c;
                 children_stat(src->children, slot, &l->in, &l->out, &l->idle_usec);
                 /* never idle for longer than it has been admitted */
@@ -101,19 +96,19 @@ static int snapshot(const StatusSources *src, Snapshot *s) {
                 s->bytes_in += l->in;
                 s->bytes_out += l->out;
         }
-        qsort(s->live, s->n_live, sizeof(Live), by_age);
+        qsort(s->live, s->n_live, sizeof(StatusLive), by_age);
 
         /* the per-source counts of admitted connections: keep the top ones */
-        SourceCount sc;
+        StatusSourceCount sc;
         pos = 0;
         while (children_next_source(src->children, &pos, &sc.source, &sc.count)) {
-                if (s->n_top_active < TOP_SOURCES)
+                if (s->n_top_active < STATUS_TOP_SOURCES)
                         s->top_active[s->n_top_active++] = sc;
-                else if (sc.count > s->top_active[TOP_SOURCES - 1].count)
-                        s->top_active[TOP_SOURCES - 1] = sc;
+                else if (sc.count > s->top_active[STATUS_TOP_SOURCES - 1].count)
+                        s->top_active[STATUS_TOP_SOURCES - 1] = sc;
                 else
                         continue;
-                qsort(s->top_active, s->n_top_active, sizeof(SourceCount), by_count);
+                qsort(s->top_active, s->n_top_active, sizeof(StatusSourceCount), by_count);
         }
         return 0;
 }
@@ -150,12 +145,12 @@ static int width_of(const IpAddr *const *addrs, unsigned n, bool prefix, int hea
         return w;
 }
 
-static void text_report(const Snapshot *s, FILE *f, unsigned max_live) {
+static void text_report(const StatusSnapshot *s, FILE *f, unsigned max_live) {
         const StatusSources *src = s->src;
         const ChildCounters *c = &s->counters;
         char a[IPADDR_STR_MAX], b[IPADDR_STR_MAX], t1[64], t2[64], d[32], idle[32];
         unsigned n_shown = MIN(s->n_live, max_live);
-        _cleanup_(freep) const IpAddr **col = calloc(MAX(MAX(n_shown, TOP_SOURCES), s->n_listeners) + 1,
+        _cleanup_(freep) const IpAddr **col = calloc(MAX(MAX(n_shown, STATUS_TOP_SOURCES), s->n_listeners) + 1,
                                                       sizeof(IpAddr *));
         int wl, wp, wv, ws;
 
@@ -174,16 +169,19 @@ static void text_report(const Snapshot *s, FILE *f, unsigned max_live) {
         for (unsigned i = 0; i < s->n_top_active; i++)
                 col[i] = &s->top_active[i].source;
         ws = width_of(col, s->n_top_active, true, 21);
-        for (unsigned i = 0; i < MIN(s->refused_sources.n, TOP_SOURCES); i++)
+        for (unsigned i = 0; i < MIN(s->refused_sources.n, STATUS_TOP_SOURCES); i++)
                 col[i] = &s->refused_sources.items[i].source;
-        ws = MAX(ws, width_of(col, MIN(s->refused_sources.n, TOP_SOURCES), true, 21));
+        ws = MAX(ws, width_of(col, MIN(s->refused_sources.n, STATUS_TOP_SOURCES), true, 21));
 
         format_duration(s->now - src->started_monotonic, d, sizeof(d));
         format_time(src->started_realtime, t1, sizeof(t1));
         format_time(src->loaded_realtime, t2, sizeof(t2));
         fprintf(f, "echod %s, pid %d, up %s (since %s)\n", PACKAGE_VERSION, (int) getpid(), d, t1);
-        fprintf(f, "config %s, loaded %s, %u reload%s\n", src->config->path, t2, src->reloads,
+        fprintf(f, "config %s, loaded %s, %u reload%s", src->config->path, t2, src->reloads,
                 src->reloads == 1 ? "" : "s");
+        if (src->reload_failures > 0)
+                fprintf(f, ", %u failed", src->reload_failures);
+        fputc('\n', f);
         if (s->spawner.pid > 0) {
                 char stalled[80] = "";
                 if (s->spawner.state == SPAWNER_STUCK) {
@@ -202,7 +200,7 @@ static void text_report(const Snapshot *s, FILE *f, unsigned max_live) {
                 fprintf(f, "%-*s  %-10s %s\n", wl, ipaddr_format_endpoint(&s->listeners[i]->bound, a),
                         s->listeners[i]->activated ? "activated" : "bound", s->listeners[i]->proxy ? "yes" : "no");
 
-        fprintf(f, "\nconnections  active %u  peak %u  max %u  queued %u\n", children_active(src->children), c->peak,
+        fprintf(f, "\nconnections  active %u  peak %u  max %u  queued %u\n", s->active, c->peak,
                 s->max_connections, s->queued);
         fprintf(f, "totals       accepted %" PRIu64 "  refused %" PRIu64 "  crashed %" PRIu64 "  bytes in %" PRIu64
                    "  bytes out %" PRIu64 "\n",
@@ -210,12 +208,21 @@ static void text_report(const Snapshot *s, FILE *f, unsigned max_live) {
         fprintf(f, "refused      ");
         for (int i = 1; i < _REFUSE_MAX; i++)
                 fprintf(f, "%s%s %" PRIu64, i > 1 ? "  " : "", refusal_name((Refusal) i), s->refused[i]);
+        fprintf(f, "\nclosed       %s", c->closed ? "" : "-");
+        for (int i = 0, n = 0; i < _CHILD_END_MAX; i++)
+                if (c->closed_by[i] > 0)
+                        fprintf(f, "%s%s %" PRIu64, n++ ? "  " : "", child_end_name(i), c->closed_by[i]);
+        fprintf(f, "\ntables       ");
+        for (int i = 0; i < _STATUS_TABLE_MAX; i++)
+                fprintf(f, "%s%s %u/%u (overflows %" PRIu64 ", evictions %" PRIu64 ")", i ? "  " : "",
+                        status_table_name(i), s->tables[i].entries, s->tables[i].capacity, s->tables[i].overflows,
+                        s->tables[i].evictions);
         fputc('\n', f);
 
         fprintf(f, "\n%-8s %-*s  %-*s %8s %12s %12s %8s\n", "PID", wp, "PEER", wv, "VIA", "AGE", "BYTES IN",
                 "BYTES OUT", "IDLE");
         for (unsigned i = 0; i < n_shown; i++) {
-                const Live *l = &s->live[i];
+                const StatusLive *l = &s->live[i];
                 format_duration(s->now - l->child.start_usec, d, sizeof(d));
                 format_duration(l->idle_usec, idle, sizeof(idle));
                 fprintf(f, "%-8d %-*s  %-*s %8s %12" PRIu64 " %12" PRIu64 " %8s\n", (int) l->child.pid, wp,
@@ -230,12 +237,28 @@ static void text_report(const Snapshot *s, FILE *f, unsigned max_live) {
                 fprintf(f, "%-*s %8u\n", ws, ipaddr_format_prefix(&s->top_active[i].source, a),
                         s->top_active[i].count);
         fprintf(f, "\n%-*s %8s\n", ws, "TOP SOURCES (REFUSED)", "REFUSED");
-        for (unsigned i = 0; i < s->refused_sources.n && i < TOP_SOURCES; i++)
+        for (unsigned i = 0; i < s->refused_sources.n && i < STATUS_TOP_SOURCES; i++)
                 fprintf(f, "%-*s %8" PRIu64 "\n", ws, ipaddr_format_prefix(&s->refused_sources.items[i].source, a),
                         s->refused_sources.items[i].count);
 }
 
-static void json_report(const Snapshot *s, FILE *f) {
+/* Upper bounds, and the count in each bucket (not cumulative; the last one is above every bound). */
+static void json_histogram(JsonWriter *j, const char *key, const ChildHistogram *h) {
+        json_object_open(j, key);
+        json_array_open(j, "bounds");
+        for (unsigned i = 0; i < h->n_bounds; i++)
+                json_u64(j, NULL, h->bounds[i]);
+        json_array_close(j);
+        json_array_open(j, "counts");
+        for (unsigned i = 0; i <= h->n_bounds; i++)
+                json_u64(j, NULL, h->counts[i]);
+        json_array_close(j);
+        json_u64(j, "sum", h->sum);
+        json_u64(j, "count", h->count);
+        json_object_close(j);
+}
+
+static void json_report(const StatusSnapshot *s, FILE *f) {
         const StatusSources *src = s->src;
         const ChildCounters *c = &s->counters;
         char a[IPADDR_STR_MAX], t[64];
@@ -248,12 +271,15 @@ static void json_report(const Snapshot *s, FILE *f) {
         json_u64(&j, "uptime_usec", s->now - src->started_monotonic);
         format_time(src->started_realtime, t, sizeof(t));
         json_str(&j, "started", t);
+        json_u64(&j, "started_unix_usec", src->started_realtime);
 
         json_object_open(&j, "config");
         json_str(&j, "path", src->config->path);
         format_time(src->loaded_realtime, t, sizeof(t));
         json_str(&j, "loaded", t);
         json_unsigned(&j, "reloads", src->reloads);
+        json_unsigned(&j, "reload_failures", src->reload_failures);
+        json_u64(&j, "loaded_unix_usec", src->loaded_realtime);
         json_str(&j, "effective", s->effective);
         json_object_close(&j);
 
@@ -281,8 +307,8 @@ static void json_report(const Snapshot *s, FILE *f) {
 
         json_object_open(&j, "totals");
         json_u64(&j, "accepted", c->accepted);
-        json_unsigned(&j, "active", children_active(src->children));
-        json_unsigned(&j, "pending", children_pending(src->children));
+        json_unsigned(&j, "active", s->active);
+        json_unsigned(&j, "pending", s->pending);
         json_unsigned(&j, "peak", c->peak);
         json_unsigned(&j, "max", s->max_connections);
         json_unsigned(&j, "queued", s->queued);
@@ -298,9 +324,30 @@ static void json_report(const Snapshot *s, FILE *f) {
                 json_u64(&j, refusal_name((Refusal) i), s->refused[i]);
         json_object_close(&j);
 
+        json_object_open(&j, "closed");
+        for (int i = 0; i < _CHILD_END_MAX; i++)
+                json_u64(&j, child_end_name(i), c->closed_by[i]);
+        json_object_close(&j);
+
+        json_object_open(&j, "histograms");
+        json_histogram(&j, "session_duration_usec", &c->duration_usec);
+        json_histogram(&j, "session_bytes", &c->bytes);
+        json_object_close(&j);
+
+        json_object_open(&j, "source_tables");
+        for (int i = 0; i < _STATUS_TABLE_MAX; i++) {
+                json_object_open(&j, status_table_name(i));
+                json_unsigned(&j, "entries", s->tables[i].entries);
+                json_unsigned(&j, "capacity", s->tables[i].capacity);
+                json_u64(&j, "overflows", s->tables[i].overflows);
+                json_u64(&j, "evictions", s->tables[i].evictions);
+                json_object_close(&j);
+        }
+        json_object_close(&j);
+
         json_array_open(&j, "connections");
         for (unsigned i = 0; i < s->n_live; i++) {
-                const Live *l = &s->live[i];
+                const StatusLive *l = &s->live[i];
                 json_object_open(&j, NULL);
                 json_i64(&j, "pid", l->child.pid);
                 json_str(&j, "peer", ipaddr_format_endpoint(&l->child.peer, a));
@@ -324,7 +371,7 @@ static void json_report(const Snapshot *s, FILE *f) {
         json_array_close(&j);
 
         json_array_open(&j, "top_sources_refused");
-        for (unsigned i = 0; i < s->refused_sources.n && i < TOP_SOURCES; i++) {
+        for (unsigned i = 0; i < s->refused_sources.n && i < STATUS_TOP_SOURCES; i++) {
                 json_object_open(&j, NULL);
                 json_str(&j, "source", ipaddr_format_prefix(&s->refused_sources.items[i].source, a));
                 json_u64(&j, "refused", s->refused_sources.items[i].count);
@@ -335,7 +382,7 @@ static void json_report(const Snapshot *s, FILE *f) {
 }
 
 int status_report(const StatusSources *src, StatusFormat format, unsigned max_live, char **ret, size_t *ret_len) {
-        Snapshot s;
+        StatusSnapshot s;
         FILE *f;
         int r;
 
@@ -349,6 +396,8 @@ int status_report(const StatusSources *src, StatusFormat format, unsigned max_li
         }
         if (format == STATUS_JSON)
                 json_report(&s, f);
+        else if (format == STATUS_PROMETHEUS)
+                metrics_write(&s, f);
         else
                 text_report(&s, f, max_live);
         r = fclose(f) == 0 ? 0 : -ENOMEM;

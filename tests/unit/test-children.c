@@ -72,6 +72,14 @@ static void test_lifecycle(void **state) {
         assert_int_equal(children_source_count(t, &info.source), 0);
         assert_int_equal(children_counters(t)->accepted, 1);
         assert_int_equal(children_counters(t)->closed, 1);
+        assert_int_equal(children_counters(t)->closed_by[WORKER_CLEAN], 1);
+        /* 4 ms: counted in the histogram's second bucket (above 1 ms, up to 10 ms) */
+        const ChildHistogram *h = &children_counters(t)->duration_usec;
+        assert_int_equal(h->count, 1);
+        assert_int_equal(h->sum, 4000);
+        assert_int_equal(h->counts[0], 0);
+        assert_int_equal(h->counts[1], 1);
+        assert_int_equal(children_counters(t)->bytes.counts[0], 1); /* 0 bytes */
         /* released once: the second report of the same end finds nothing */
         assert_int_equal(children_exited(t, 4242, 0, 6000, &rec), -ENOENT);
 
@@ -83,6 +91,8 @@ static void test_lifecycle(void **state) {
         assert_int_equal(children_failed(t, slot, -EAGAIN, 7001, &rec), -ENOENT);
         assert_int_equal(children_counters(t)->accepted, 1);
         assert_int_equal(children_counters(t)->fork_failed, 1);
+        assert_int_equal(children_counters(t)->closed, 1); /* no process: not a session */
+        assert_int_equal(children_counters(t)->duration_usec.count, 1);
         check(t);
         children_free(t);
 }
@@ -99,6 +109,19 @@ static void test_killed_is_a_failure(void **state) {
         assert_string_equal(rec.reason, "killed-by-SIGKILL");
         assert_true(rec.failure);
         assert_int_equal(children_counters(t)->crashed, 1);
+        /* one counter for every signal: a bounded label set */
+        assert_int_equal(children_counters(t)->closed_by[CHILD_END_KILLED], 1);
+        assert_string_equal(child_end_name(CHILD_END_KILLED), "killed");
+        check(t);
+
+        /* an exit code the worker never uses */
+        slot = children_admit(t, &info, -1, 3);
+        assert_int_equal(children_started(t, slot, 78, 1), 0);
+        assert_int_equal(children_exited(t, 78, W_EXITCODE(255, 0), 4, &rec), 0);
+        assert_string_equal(rec.reason, "unknown-exit");
+        assert_int_equal(children_counters(t)->closed_by[CHILD_END_UNKNOWN], 1);
+        assert_string_equal(child_end_name(CHILD_END_UNKNOWN), "unknown-exit");
+        assert_int_equal(children_counters(t)->closed, 2);
         check(t);
         children_free(t);
 }
@@ -227,6 +250,9 @@ static void test_counts_from_kernel(void **state) {
         assert_int_equal(rec.bytes_in, 1000);
         assert_int_equal(rec.bytes_out, 600);
         assert_int_equal(children_counters(t)->bytes_in, 1000);
+        /* 1000 bytes in: the bytes histogram's second bucket (above 64, up to 1024) */
+        assert_int_equal(children_counters(t)->bytes.counts[1], 1);
+        assert_int_equal(children_counters(t)->bytes.sum, 1000);
         /* released: the master's copy is closed */
         assert_true(fcntl(server, F_GETFD) < 0 && errno == EBADF);
         check(t);

@@ -121,7 +121,9 @@ static void test_full_table_overflows_then_evicts(void **state) {
         assert_int_equal(rate_table_new(64, &t), 0);
         fill(t, 0, 64, 1, 5, T0);
         assert_int_equal(rate_table_size(t), 64);
+        assert_int_equal(rate_table_capacity(t), 64);
         assert_int_equal(rate_table_overflows(t), 0);
+        assert_int_equal(rate_table_evictions(t), 0);
 
         /* every tracked source mid-burst: a new one is let through unlimited, counted, not tracked */
         for (int i = 0; i < 10; i++)
@@ -135,6 +137,7 @@ static void test_full_table_overflows_then_evicts(void **state) {
         assert_false(rate_table_take(t, &later, 1, 5, T0 + 2 * USEC_PER_SEC));
         assert_int_equal(rate_table_overflows(t), 10);
         assert_int_equal(rate_table_size(t), 63); /* two dropped, one added */
+        assert_int_equal(rate_table_evictions(t), 2);
 
         /* A stream of new sources under max * rate / burst = 12.8 a second never overflows, even
          * though later, its burst spent, holds the tail for burst / rate = 5 s; and as each source
