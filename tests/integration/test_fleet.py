@@ -1,12 +1,13 @@
 """A fleet behind a load balancer: two echod hosts, each in a network namespace of its own, behind
 one HAProxy that sends them PROXY v2 headers and health-checks them with tcp-check (the
-configuration below is the one the README shows). While clients run verified sessions through
+configuration is read from the README, which shows it as the tested one). While clients run verified sessions through
 HAProxy without pause, a rolling restart (SIGTERM to one host, start it again, then the other)
 loses no verified byte and refuses no client: the draining host takes and echoes what its clients
 already sent (its backlog, and bytes still on the wire), HAProxy marks it DOWN and sends new
 connections to the other one."""
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_until
+from conftest import ROOT, free_port, wait_until
 from test_proxy import HAPROXY
 
 # name: (namespace, host-side veth, namespace-side veth, host address, echod's address)
@@ -27,30 +28,16 @@ HOSTS = {
 PORT = 7000
 CLIENTS = 6
 
-HAPROXY_CFG = """\
-global
-    stats socket {sock} mode 600 level admin
-
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    retries 3
-    option redispatch 1
-
-frontend echo
-    bind 127.0.0.1:{port}
-    default_backend echod
-
-backend echod
-    option tcp-check
-    tcp-check send "fleet-check\\n"
-    tcp-check expect string fleet-check
-    default-server send-proxy-v2 check check-send-proxy inter 200ms fall 1 rise 2
-    server a {a}:{echo_port}
-    server b {b}:{echo_port}
-"""
+def haproxy_config(sock, port):
+    """The README's tested configuration ("Running a fleet behind a load balancer"), bound to
+    127.0.0.1:port here, with a stats socket to read the servers' state."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme.split("## Running a fleet behind a load balancer", 1)[1]
+    text = re.search(r"```\n(defaults.*?)```", section, re.S).group(1)
+    assert "bind :7\n" in text, text
+    for name, (*_, addr) in HOSTS.items():
+        assert f"server {name} {addr}:{PORT}\n" in text, text
+    return f"global\n    stats socket {sock} mode 600 level admin\n\n" + text.replace("bind :7\n", f"bind 127.0.0.1:{port}\n")
 
 
 def sh(*cmd, check=True):
@@ -89,8 +76,7 @@ class Balancer:
         self.port = free_port()
         cfg = os.path.join(directory, "haproxy.cfg")
         with open(cfg, "w") as f:
-            f.write(HAPROXY_CFG.format(sock=self.sock, port=self.port, a=HOSTS["a"][4], b=HOSTS["b"][4],
-                                       echo_port=PORT))
+            f.write(haproxy_config(self.sock, self.port))
         self.log = open(os.path.join(directory, "haproxy.log"), "wb")
         self.proc = subprocess.Popen([HAPROXY, "-db", "-f", cfg], stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
