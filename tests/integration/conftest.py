@@ -434,6 +434,34 @@ class ContinuousClients:
             t.join(10)
 
 
+def sh(*cmd, check=True):
+    """Run a command (bounded), capturing its output as text."""
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
+
+
+def stop_process(proc, log=None):
+    """SIGTERM, 5 s, then SIGKILL; reaped; its log file closed."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if log:
+        log.close()
+
+
+def recv_exactly(s, n, what="the echo"):
+    """Read n bytes; fails if the peer closes first, saying after how many."""
+    got = b""
+    while len(got) < n:
+        chunk = s.recv(65536)
+        assert chunk, f"{what}: FIN after {len(got)} of {n} bytes"
+        got += chunk
+    return got
+
+
 def wait_until(pred, timeout, what):
     """Poll pred() until it is true (returned) or timeout seconds pass (AssertionError)."""
     deadline = time.monotonic() + timeout

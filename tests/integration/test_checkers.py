@@ -27,7 +27,7 @@ import urllib.request
 
 import pytest
 
-from conftest import need
+from conftest import need, stop_process
 from echo_servers import EchoServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,18 +79,6 @@ def listening_port(proc):
             if state == "0A" and local.startswith("0100007F:") and f"socket:[{inode}]" in fds:
                 return int(local.split(":")[1], 16)
     return None
-
-
-def stop_process(proc, log=None):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if log:
-        log.close()
 
 
 def read(path):

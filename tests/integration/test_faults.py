@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ECHOC, ECHOD, ContinuousClients, base_config, connect, cpu_seconds, ping, prlimit, wait_admitted
+from conftest import ECHOC, ECHOD, ContinuousClients, base_config, connect, cpu_seconds, ping, prlimit, sh, wait_admitted
 
 
 def status_json(e):
@@ -211,10 +211,6 @@ def test_no_leaks_after_100000_connections_and_100_reloads(echod_factory):
 
 NS_A, NS_B = "echod-chaos-a", "echod-chaos-b"
 ADDR_A, ADDR_B = "10.203.0.1", "10.203.0.2"
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=30)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, free_port, wait_until
+from conftest import ROOT, free_port, sh, stop_process, wait_until
 from test_proxy import HAPROXY
 
 # name: (namespace, host-side veth, namespace-side veth, host address, echod's address)
@@ -38,10 +38,6 @@ def haproxy_config(sock, port):
     for name, (*_, addr) in HOSTS.items():
         assert f"server {name} {addr}:{PORT}\n" in text, text
     return f"global\n    stats socket {sock} mode 600 level admin\n\n" + text.replace("bind :7\n", f"bind 127.0.0.1:{port}\n")
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture
@@ -105,13 +101,7 @@ class Balancer:
         wait_until(lambda: self.state(server) == state, timeout, f"haproxy to see server {server} {state}")
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 class Clients:

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import (ECHOD, ROOT, base_config, connect, echo_roundtrip, free_port, ping, proc_status,
-                      clean_env, wait_until)
+                      clean_env, recv_exactly, wait_until)
 
 GOOD_CONFIGS = [os.path.join(ROOT, "conf", "echod.conf")] + sorted(
     glob.glob(os.path.join(ROOT, "tests", "configs", "good", "*.conf")))
@@ -404,12 +404,7 @@ def test_sigterm_serves_a_request_still_on_the_wire(echod):
         payload = os.urandom(3000)
         s.sendall(payload)
         s.settimeout(5)
-        got = b""
-        while len(got) < len(payload):
-            chunk = s.recv(65536)
-            assert chunk, f"FIN after {len(got)} of {len(payload)} bytes: the request was dropped"
-            got += chunk
-        assert got == payload
+        assert recv_exactly(s, len(payload), "the request sent after the stop") == payload
         assert s.recv(64) == b"", "then a clean EOF (FIN)"
     finally:
         s.close()
@@ -434,12 +429,7 @@ def test_sigterm_serves_connections_already_in_the_backlog(echod):
     for i, s in enumerate(clients):
         want = b"in the backlog %d\n" % i
         s.settimeout(10)
-        got = b""
-        while len(got) < len(want):
-            chunk = s.recv(100)
-            assert chunk, f"client {i}: closed after {got!r}"
-            got += chunk
-        assert got == want
+        assert recv_exactly(s, len(want), f"client {i}") == want
         s.close()
     assert echod.proc.wait(timeout=15) == 0
     echod.wait_log(r"stopped: 20 connections served, 0 refused")

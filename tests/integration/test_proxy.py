@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import connect_from, cpu_seconds, echo_roundtrip, free_port, ping, refused
+from conftest import connect_from, cpu_seconds, echo_roundtrip, free_port, ping, refused, stop_process
 from echo_servers import run_echoc
 
 pytestmark = pytest.mark.timeout(60)
@@ -174,15 +174,8 @@ class HAProxy:
             return ""
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         if self.proc:
-            self.log.close()
+            stop_process(self.proc, self.log)
 
 
 @pytest.fixture
