@@ -232,7 +232,7 @@ class Echod:
         try:
             with open(f"/proc/{pid}/task/{pid}/children") as f:
                 return [int(p) for p in f.read().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             return []
 
     def spawner(self):
@@ -240,9 +240,12 @@ class Echod:
         for pid in self._kids(self.proc.pid):
             try:  # by title: the children it forked carry its comm too, but their peer as title
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read().split(b"\0")[0] == b"echod: spawner":
-                        return pid
-            except FileNotFoundError:
+                    title = f.read().split(b"\0")[0]
+                # an empty one is a spawner in the last steps of its exec (the master resumes from
+                # posix_spawn() before the kernel has set up the new arguments)
+                if title == b"echod: spawner" or (title == b"" and proc_comm(pid) == "echod-spawner"):
+                    return pid
+            except (FileNotFoundError, ProcessLookupError):
                 pass
         return None
 
@@ -432,6 +435,11 @@ class ContinuousClients:
         self._stop.set()
         for t in self._threads:
             t.join(10)
+
+
+def proc_comm(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split("(", 1)[1].rsplit(")", 1)[0]
 
 
 def sh(*cmd, check=True):
