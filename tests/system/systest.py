@@ -359,3 +359,24 @@ class Container:
         return wait_until(f"{unit} to be active",
                           lambda: self.sh(f"systemctl is-active {unit}", check=False).stdout.strip()
                           == "active", timeout)
+
+    def apt_install(self, packages, timeout=600):
+        """Install packages from the container's Debian mirror (the one the root was
+        debootstrapped from), without their Recommends. Raises Skip when the mirror cannot be
+        reached: only Debian's registry is, and only while the host's network allows."""
+        missing = [p for p in packages
+                   if "install ok installed" not in self.sh(f"dpkg-query -W -f='${{Status}}' {p}",
+                                                           check=False).stdout]
+        if not missing:
+            return
+        r = self.sh("apt-get update -q", check=False, timeout=timeout)
+        if r.returncode != 0 or re.search(r"^(W|E): (Failed to fetch|Some index files failed)", r.stdout + r.stderr, re.M):
+            raise Skip(f"cannot install {' '.join(missing)} in the container: 'apt-get update' "
+                       f"cannot reach its mirror:\n{(r.stdout + r.stderr)[-1500:]}")
+        r = self.sh(f"apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "
+                    f"{' '.join(missing)}", check=False, timeout=timeout)
+        if r.returncode != 0 and re.search(r"Failed to fetch|Unable to fetch|Could not resolve|Temporary failure",
+                                           r.stdout + r.stderr):
+            raise Skip(f"cannot install {' '.join(missing)} in the container: the mirror cannot be "
+                       f"reached:\n{(r.stdout + r.stderr)[-1500:]}")
+        assert r.returncode == 0, f"apt-get install {' '.join(missing)}:\n{r.stdout}\n{r.stderr}"
