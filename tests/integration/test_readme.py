@@ -44,6 +44,8 @@ def test_quick_start_commands_work_as_written(echod_factory):
         outs.append(p)
     assert outs[0].stdout == "hello\n"                      # echoed and verified
     assert outs[1].stdout == ""                             # nothing poured onto the terminal
-    size = os.path.getsize("/etc/services")
+    redirect = re.search(r"<\s*(\S+)", commands[1])   # the file it sends (from the top of the tree)
+    assert redirect, commands[1]
+    size = os.path.getsize(os.path.join(ROOT, redirect.group(1)))
     assert re.search(rf"{size} bytes sent, {size} echoed intact", outs[1].stderr), outs[1].stderr
     assert len(re.findall(r"seq=\d+", outs[2].stdout)) == 5, outs[2].stdout

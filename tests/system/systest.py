@@ -164,15 +164,17 @@ def host_mirror():
     return DEFAULT_MIRROR
 
 
-def cached_root(packages):
+def cached_root(packages, flavour=SUITE):
     """A debootstrapped Debian 12 root with packages, made once and kept under the build
-    tree (keyed by suite, mirror and package list). Returns its path."""
+    tree (keyed by suite, mirror and package list). Returns its path. Roots of one flavour
+    replace each other when the package list changes; other flavours' roots are kept (the
+    packages' root and test_quickstart.py's plain one are both needed in one run)."""
     if not shutil.which("debootstrap"):
         raise Skip("debootstrap not installed")
     mirror = host_mirror()
     key = hashlib.sha256(f"{SUITE} {mirror} {' '.join(sorted(packages))}".encode()).hexdigest()[:12]
     cache = os.path.join(BUILD, "system-root-cache")
-    root = os.path.join(cache, f"{SUITE}-{key}")
+    root = os.path.join(cache, f"{flavour}-{key}")
     os.makedirs(cache, exist_ok=True)
     with open(os.path.join(cache, "lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one debootstrap at a time; the others reuse it
@@ -189,7 +191,7 @@ def cached_root(packages):
         open(os.path.join(tmp, ".complete"), "w").close()
         shutil.rmtree(root, ignore_errors=True)
         os.rename(tmp, root)
-        for old in glob.glob(os.path.join(cache, f"{SUITE}-*")):  # roots for other package lists
+        for old in glob.glob(os.path.join(cache, f"{flavour}-*")):  # roots for other package lists
             if old != root:
                 shutil.rmtree(old, ignore_errors=True)
     return root
@@ -219,11 +221,13 @@ class Container:
 
     # -- lifecycle
 
-    def boot(self, timeout=60):
+    def boot(self, timeout=60, machine=None):
+        """machine: the container's name (hostname); unique per process by default."""
+        machine = machine or f"echod-systest-{os.getpid()}"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=pipe",
-                 "--quiet", f"--machine=echod-systest-{os.getpid()}", "-D", self.dir],
+                 "--quiet", f"--machine={machine}", "-D", self.dir],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
