@@ -8,6 +8,7 @@
 #pragma once
 
 #include <linux/filter.h>
+#include <signal.h>
 #include <stdint.h>
 
 #include "echod/worker.h"
@@ -62,6 +63,10 @@ typedef struct SpawnEvent {
 } SpawnEvent;
 
 #define SPAWN_EVENTS_MAX 256
+
+/* Blocked in the spawner from its exec on (the master's posix_spawn() sets them) and all its life;
+ * a child unblocks SIGTERM (its drain). SIGCHLD goes to the spawner's signalfd. */
+static const int spawner_blocked_signals[] = { SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP };
 
 /* the spawner's exit statuses besides 0 (the master closed the socket) */
 #define SPAWN_EXIT_SETUP 1   /* not started by echod, or out of memory at start */

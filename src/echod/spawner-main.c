@@ -183,14 +183,12 @@ int main(int argc, char *argv[]) {
         if (!live || !st || child_prepare_once() < 0)
                 return EXIT_SETUP;
 
-        /* SIGTERM is blocked here (each child unblocks it for its drain); SIGCHLD goes to a signalfd.
+        /* SIGTERM is blocked (since our exec: the master sets it; again here, for a start by hand; each
+         * child unblocks it for its drain); SIGCHLD goes to a signalfd.
          * A terminal's SIGINT/SIGQUIT/SIGHUP reach the master, which drains through us. */
         sigemptyset(&mask);
-        sigaddset(&mask, SIGCHLD);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGQUIT);
-        sigaddset(&mask, SIGHUP);
+        for (size_t i = 0; i < ELEMENTSOF(spawner_blocked_signals); i++)
+                sigaddset(&mask, spawner_blocked_signals[i]);
         if (sigprocmask(SIG_SETMASK, &mask, NULL) < 0)
                 return EXIT_SETUP;
         sigemptyset(&mask);

@@ -379,7 +379,7 @@ static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
         char *argv[2 + TITLE_PAD] = { (char *) "echod: spawner" };
         char *envp[] = { NULL };
         static SpawnSandbox req;
-        sigset_t none;
+        sigset_t blocked;
         int pair[2], r;
         pid_t pid;
 
@@ -397,7 +397,12 @@ static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
         if (!p)
                 return -ENOMEM;
 
-        sigemptyset(&none);
+        /* blocked from its first instruction, not from when its main() gets there: a stop's
+         * SIGTERM to its group (spawner_signal()) must never find it with the default action
+         * (the same set spawner-main.c keeps; each child unblocks SIGTERM for its drain) */
+        sigemptyset(&blocked);
+        for (size_t i = 0; i < ELEMENTSOF(spawner_blocked_signals); i++)
+                sigaddset(&blocked, spawner_blocked_signals[i]);
         posix_spawn_file_actions_init(&fa);
         posix_spawnattr_init(&attr);
         posix_spawn_file_actions_adddup2(&fa, theirs, SPAWN_FD_SOCKET);
@@ -408,7 +413,7 @@ static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
 #if !defined(__SANITIZE_ADDRESS__)
         posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDERR_FILENO);
 #endif
-        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setsigmask(&attr, &blocked);
         /* a process group of its own, which its children join: spawner_signal() */
         posix_spawnattr_setpgroup(&attr, 0);
         posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
