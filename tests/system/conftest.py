@@ -62,7 +62,7 @@ def upgrade_packages(workdir, source):
     return {"changes": changes, "debs": systest.debs_of(changes)}
 
 
-def require_container_host():
+def require_container_host(port=7):
     if os.geteuid() != 0:
         raise Skip("needs root: debootstrap, systemd-nspawn and nsenter")
     for tool in ("systemd-nspawn", "nsenter", "ss"):
@@ -70,8 +70,8 @@ def require_container_host():
             raise Skip(f"{tool} not installed (systemd-container, util-linux, iproute2)")
     if not os.path.isdir("/sys/fs/cgroup") or not os.listdir("/sys/fs/cgroup"):
         raise Skip("no cgroup file system: systemd cannot run in a container here")
-    if systest.port_in_use(7):
-        raise Skip("TCP port 7 is in use on this host; the container's echod needs it "
+    if systest.port_in_use(port):
+        raise Skip(f"TCP port {port} is in use on this host; the container's echod needs it "
                    "(the container shares the host's network)")
 
 

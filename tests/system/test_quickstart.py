@@ -38,7 +38,7 @@ import time
 import pytest
 
 import systest
-from conftest import skip_on
+from conftest import require_container_host, skip_on
 from systest import BUILD, CLEAN_PATH, ROOT, Skip
 
 PORT = 7007
@@ -70,16 +70,7 @@ def try_it_commands():
 
 
 def require_host():
-    if os.geteuid() != 0:
-        raise Skip("needs root: debootstrap, systemd-nspawn and nsenter")
-    for tool in ("systemd-nspawn", "nsenter", "ss"):
-        if not shutil.which(tool):
-            raise Skip(f"{tool} not installed (systemd-container, util-linux, iproute2)")
-    if not os.path.isdir("/sys/fs/cgroup") or not os.listdir("/sys/fs/cgroup"):
-        raise Skip("no cgroup file system: systemd cannot run in a container here")
-    if systest.port_in_use(PORT):
-        raise Skip(f"TCP port {PORT}, the README's, is in use on this host; the container's echod "
-                   "needs it (the container shares the host's network)")
+    require_container_host(PORT)
 
 
 def require_mirror(c):
