@@ -25,6 +25,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "echod/udp-proto.h"
 #include "shared/io.h"
 #include "shared/macro.h"
 
@@ -127,6 +128,9 @@ _Noreturn void child_main(int fd, const SpawnConnection *req, const SpawnSandbox
 
         if (sandbox_enter_child(sb) < 0)
                 _exit(WORKER_SETUP_FAILED);
+        /* a UDP worker keeps SIGTERM blocked: the end of its control channel stops it */
+        if (req->kind == SPAWN_KIND_DATAGRAM)
+                _exit(udp_worker_main(fd));
 
         /* SIGTERM (a drain), blocked in the spawner, is let in: one sent already arrives now, and
          * the worker looks at it before any wait. The system call itself, with the kernel's

@@ -19,7 +19,7 @@
 #include "shared/macro.h"
 
 /* One table holds every key: its type, default and range. Defaults live here and nowhere else. */
-typedef enum KeyType { KEY_UINT, KEY_U64, KEY_FLOAT, KEY_BOOL, KEY_STR, KEY_ENUM, KEY_LISTEN, KEY_CIDRS } KeyType;
+typedef enum KeyType { KEY_UINT, KEY_U64, KEY_FLOAT, KEY_BOOL, KEY_STR, KEY_ENUM, KEY_LISTEN, KEY_CIDRS, KEY_PORTS } KeyType;
 
 typedef struct Key {
         const char *name;
@@ -72,6 +72,18 @@ static const Key keys[] = {
         KEY_STRING(pidfile, "/run/echod.pid"),
         KEY_STRING(control_socket, "/run/echod/control"),
         KEY_FLAG(log_connections, 1),
+        KEY_LIST(listen_udp, KEY_LISTEN, "{}"),
+        KEY_NUM(udp_rate, KEY_FLOAT, 10, 0, 1e9),
+        KEY_UNSIGNED(udp_burst, 20, 0, 1000000000),
+        KEY_NUM(udp_byte_rate, KEY_FLOAT, 16384, 0, 1e12),
+        KEY_UNSIGNED(udp_byte_burst, 32768, 0, 2000000000),
+        KEY_NUM(udp_budget, KEY_FLOAT, 1000, 0, 1e9),
+        KEY_NUM(udp_byte_budget, KEY_FLOAT, 1048576, 0, 1e12),
+        KEY_UNSIGNED(udp_sources, 16384, 1, 1048576),
+        KEY_UNSIGNED(udp_max_size, 1472, 1, 65507),
+        /* echo, active users, daytime, qotd, chargen, time, DNS, TFTP, NTP: services that answer
+         * a datagram they cannot parse, so that two of them can loop (echod.conf(5)) */
+        KEY_LIST(udp_deny_ports, KEY_PORTS, "{7, 11, 13, 17, 19, 37, 53, 69, 123}"),
 };
 
 /* State of the one parse in progress (libconfuse is not reentrant anyway). */
@@ -118,15 +130,23 @@ static int validate_listen(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
         IpAddr a;
         bool wildcard, proxy;
 
+        bool udp = streq(opt->name, "listen_udp");
+
         if (n > CONFIG_MAX_LISTEN) {
-                parse_error_at(cfg->line, "listen: more than %d addresses", CONFIG_MAX_LISTEN);
+                parse_error_at(cfg->line, "%s: more than %d addresses", opt->name, CONFIG_MAX_LISTEN);
                 return -1;
         }
-        if (config_parse_listen_entry(s, &a, &wildcard, &proxy) < 0) {
-                parse_error_at(cfg->line,
-                               "listen: '%s' is not a numeric ADDRESS:PORT, optionally followed by \" proxy\" "
-                               "(e.g. \"0.0.0.0:7\", \"[::]:7\", \"*:7\", \"127.0.0.1:7007 proxy\")",
-                               s);
+        if (config_parse_listen_entry(s, &a, &wildcard, &proxy) < 0 || (udp && proxy)) {
+                if (udp)
+                        parse_error_at(cfg->line,
+                                       "listen_udp: '%s' is not a numeric ADDRESS:PORT (e.g. \"0.0.0.0:7\", "
+                                       "\"[::]:7\", \"*:7\"; PROXY protocol is for TCP only)",
+                                       s);
+                else
+                        parse_error_at(cfg->line,
+                                       "listen: '%s' is not a numeric ADDRESS:PORT, optionally followed by \" proxy\" "
+                                       "(e.g. \"0.0.0.0:7\", \"[::]:7\", \"*:7\", \"127.0.0.1:7007 proxy\")",
+                                       s);
                 return -1;
         }
         for (unsigned i = 0; i + 1 < n; i++) {
@@ -134,7 +154,7 @@ static int validate_listen(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
                 bool wb, pb;
                 (void) config_parse_listen_entry(cfg_opt_getnstr(opt, i), &b, &wb, &pb);
                 if (config_endpoints_overlap(&a, wildcard, &b, wb)) {
-                        parse_error_at(cfg->line, "listen: '%s' duplicates '%s'", s, cfg_opt_getnstr(opt, i));
+                        parse_error_at(cfg->line, "%s: '%s' duplicates '%s'", opt->name, s, cfg_opt_getnstr(opt, i));
                         return -1;
                 }
         }
@@ -269,6 +289,14 @@ static int validate_key(cfg_t *cfg, cfg_opt_t *opt) {
                 return validate_listen(cfg, opt, n);
         case KEY_CIDRS:
                 return validate_cidr(cfg, opt, n);
+        case KEY_PORTS: {
+                long v = cfg_opt_getnint(opt, n - 1);
+                if (n > 65536 || v < 0 || v > 65535) {
+                        parse_error_at(cfg->line, "%s: %ld is not a port (0..65535)", k->name, v);
+                        return -1;
+                }
+                return 0;
+        }
         default:
                 return 0;
         }
@@ -277,9 +305,13 @@ static int validate_key(cfg_t *cfg, cfg_opt_t *opt) {
 Config *config_free(Config *c) {
         if (!c)
                 return NULL;
-        for (unsigned i = 0; i < c->n_listen; i++)
-                free(c->listen[i].text);
-        free(c->listen);
+        for (unsigned i = 0; i < c->listen.n; i++)
+                free(c->listen.items[i].text);
+        free(c->listen.items);
+        for (unsigned i = 0; i < c->listen_udp.n; i++)
+                free(c->listen_udp.items[i].text);
+        free(c->listen_udp.items);
+        free(c->udp_deny_ports.items);
         free(c->allow.items);
         free(c->deny.items);
         free(c->proxy_trusted.items);
@@ -302,6 +334,26 @@ static int cidrs_from_cfg(cfg_t *cfg, const char *name, CidrList *ret) {
                 if (ipaddr_parse_prefix(cfg_getnstr(cfg, name, j), &ret->items[j]) < 0)
                         return -EINVAL; /* validated already */
         ret->n = n;
+        return 0;
+}
+
+static int by_port(const void *a, const void *b) {
+        return (int) *(const uint16_t *) a - (int) *(const uint16_t *) b;
+}
+
+static int ports_from_cfg(cfg_t *cfg, const char *name, PortList *ret) {
+        unsigned n = cfg_size(cfg, name), m = 0;
+
+        ret->items = calloc(n ? n : 1, sizeof(uint16_t));
+        if (!ret->items)
+                return -ENOMEM;
+        for (unsigned j = 0; j < n; j++)
+                ret->items[j] = (uint16_t) cfg_getnint(cfg, name, j); /* validated already */
+        qsort(ret->items, n, sizeof(uint16_t), by_port);
+        for (unsigned j = 0; j < n; j++)
+                if (m == 0 || ret->items[m - 1] != ret->items[j])
+                        ret->items[m++] = ret->items[j];
+        ret->n = m;
         return 0;
 }
 
@@ -346,16 +398,23 @@ static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
                                 return r;
                         break;
                 }
+                case KEY_PORTS: {
+                        int r = ports_from_cfg(cfg, k->name, field);
+                        if (r < 0)
+                                return r;
+                        break;
+                }
                 case KEY_LISTEN: {
+                        ListenList *l = field;
                         unsigned n = cfg_size(cfg, k->name);
-                        c->listen = calloc(n ? n : 1, sizeof(ListenEntry));
-                        if (!c->listen)
+                        l->items = calloc(n ? n : 1, sizeof(ListenEntry));
+                        if (!l->items)
                                 return -ENOMEM;
                         for (unsigned j = 0; j < n; j++) {
-                                ListenEntry *e = &c->listen[j];
+                                ListenEntry *e = &l->items[j];
                                 if (!(e->text = strdup(cfg_getnstr(cfg, k->name, j))))
                                         return -ENOMEM;
-                                c->n_listen++;
+                                l->n++;
                                 if (config_parse_listen_entry(e->text, &e->addr, &e->wildcard, &e->proxy) < 0)
                                         return -EINVAL; /* validated already */
                         }
@@ -393,7 +452,7 @@ static void config_apply_defaults(Config *c) {
 
 /* Checks that involve more than one key. */
 static int config_check(const Config *c) {
-        if (c->n_listen == 0) {
+        if (c->listen.n == 0) {
                 parse_error_at(key_line("listen"), "listen: at least one address is required");
                 return -EINVAL;
         }
@@ -436,9 +495,20 @@ static int config_check(const Config *c) {
                 parse_error_at(key_line("per_source_burst"), "per_source_burst is set but per_source_rate is 0");
                 return -EINVAL;
         }
+        if (c->udp_burst > 0 && c->udp_rate == 0) {
+                parse_error_at(key_line("udp_burst"), "udp_burst is set but udp_rate is 0");
+                return -EINVAL;
+        }
+        if (c->udp_byte_rate > 0 && config_burst(c->udp_byte_rate, c->udp_byte_burst) < c->udp_max_size) {
+                parse_error_at(MAX(key_line("udp_byte_burst"), key_line("udp_max_size")),
+                               "udp_byte_burst (%u) is below udp_max_size (%u): the largest datagrams "
+                               "could never be answered",
+                               config_burst(c->udp_byte_rate, c->udp_byte_burst), c->udp_max_size);
+                return -EINVAL;
+        }
         bool any_proxy = c->proxy_protocol;
-        for (unsigned i = 0; i < c->n_listen; i++)
-                any_proxy = any_proxy || c->listen[i].proxy;
+        for (unsigned i = 0; i < c->listen.n; i++)
+                any_proxy = any_proxy || c->listen.items[i].proxy;
         if (any_proxy && c->proxy_trusted.n == 0) {
                 parse_error_at(key_line("proxy_trusted"),
                                "proxy_trusted is empty but a listener requires PROXY headers: nobody could connect");
@@ -499,6 +569,9 @@ int config_load(const char *path, Config **ret, char **ret_error) {
                 case KEY_LISTEN:
                 case KEY_CIDRS:
                         opts[i] = (cfg_opt_t) CFG_STR_LIST(k->name, (char *) k->def_str, CFGF_NONE);
+                        break;
+                case KEY_PORTS:
+                        opts[i] = (cfg_opt_t) CFG_INT_LIST_CB(k->name, (char *) k->def_str, CFGF_NONE, parse_int);
                         break;
                 }
         }
@@ -587,15 +660,24 @@ void config_dump(const Config *c, FILE *f) {
                 case KEY_STR:
                         dump_string(f, *(char *const *) field);
                         break;
-                case KEY_LISTEN:
+                case KEY_LISTEN: {
+                        const ListenList *l = field;
                         fputc('{', f);
-                        for (unsigned j = 0; j < c->n_listen; j++) {
-                                if (j)
-                                        fputs(", ", f);
-                                dump_string(f, c->listen[j].text);
+                        for (unsigned j = 0; j < l->n; j++) {
+                                fputs(j ? ", " : "", f);
+                                dump_string(f, l->items[j].text);
                         }
                         fputc('}', f);
                         break;
+                }
+                case KEY_PORTS: {
+                        const PortList *l = field;
+                        fputc('{', f);
+                        for (unsigned j = 0; j < l->n; j++)
+                                fprintf(f, "%s%u", j ? ", " : "", l->items[j]);
+                        fputc('}', f);
+                        break;
+                }
                 case KEY_CIDRS: {
                         const CidrList *l = field;
                         fputc('{', f);
@@ -612,16 +694,25 @@ void config_dump(const Config *c, FILE *f) {
         }
 }
 
-unsigned config_listen_addresses(const Config *c, ListenAddr *out, unsigned max) {
+static unsigned addresses(const ListenList *l, bool proxy, bool datagram, ListenAddr *out, unsigned max) {
         unsigned n = 0;
 
-        for (unsigned i = 0; i < c->n_listen; i++) {
+        for (unsigned i = 0; i < l->n; i++) {
                 IpAddr e[2];
-                unsigned ne = config_endpoint_expand(&c->listen[i].addr, c->listen[i].wildcard, e);
+                unsigned ne = config_endpoint_expand(&l->items[i].addr, l->items[i].wildcard, e);
                 for (unsigned j = 0; j < ne && n < max; j++)
-                        out[n++] = (ListenAddr) { .addr = e[j], .proxy = c->proxy_protocol || c->listen[i].proxy };
+                        out[n++] = (ListenAddr) { .addr = e[j], .proxy = proxy || l->items[i].proxy,
+                                                  .datagram = datagram };
         }
         return n;
+}
+
+unsigned config_listen_addresses(const Config *c, ListenAddr *out, unsigned max) {
+        return addresses(&c->listen, c->proxy_protocol, false, out, max);
+}
+
+unsigned config_udp_addresses(const Config *c, ListenAddr *out, unsigned max) {
+        return addresses(&c->listen_udp, false, true, out, max);
 }
 
 unsigned config_burst(double rate, unsigned burst) {

@@ -22,6 +22,7 @@ typedef struct ListenEntry {
 typedef struct ListenAddr {
         IpAddr addr;
         bool proxy;
+        bool datagram; /* a UDP socket (listen_udp) */
 } ListenAddr;
 
 typedef enum AtCapacity {
@@ -34,10 +35,21 @@ typedef struct CidrList {
         unsigned n;
 } CidrList;
 
+typedef struct ListenList {
+        ListenEntry *items;
+        unsigned n;
+} ListenList;
+
+/* Source ports never answered over UDP, sorted, unique. */
+typedef struct PortList {
+        uint16_t *items;
+        unsigned n;
+} PortList;
+
 typedef struct Config {
         char *path;
-        ListenEntry *listen;
-        unsigned n_listen;
+        ListenList listen;
+        ListenList listen_udp;       /* UDP echo: none unless configured */
         unsigned backlog;
         unsigned max_connections;
         unsigned max_per_source;
@@ -65,6 +77,16 @@ typedef struct Config {
         char *pidfile;               /* "" = none; used only when daemonising */
         char *control_socket;        /* "" = none */
         bool log_connections;
+        /* UDP echo (echod.conf(5), UDP ECHO): per source group, for the whole service, bounds */
+        double udp_rate;             /* datagrams answered per second per source group */
+        unsigned udp_burst;
+        double udp_byte_rate;        /* bytes answered per second per source group */
+        unsigned udp_byte_burst;
+        double udp_budget;           /* datagrams answered per second, all sources together */
+        double udp_byte_budget;      /* bytes answered per second, all sources together */
+        unsigned udp_sources;        /* source groups tracked at once */
+        unsigned udp_max_size;       /* larger datagrams are not answered */
+        PortList udp_deny_ports;
 } Config;
 
 /* Parse and validate path into a new Config. On failure returns -errno (-EINVAL for a bad file)
@@ -82,6 +104,8 @@ void config_dump(const Config *c, FILE *f);
 /* Listen addresses after "*" expansion, with the PROXY requirement resolved (the global
  * proxy_protocol or the entry's suffix): fills out (up to max), returns the count. */
 unsigned config_listen_addresses(const Config *c, ListenAddr *out, unsigned max);
+/* The same for listen_udp (never proxy). */
+unsigned config_udp_addresses(const Config *c, ListenAddr *out, unsigned max);
 
 /* Effective bursts: the configured one, or max(1, ceil(rate)). */
 unsigned config_burst(double rate, unsigned burst);

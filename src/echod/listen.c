@@ -39,28 +39,44 @@ static int listener_new(int fd, const IpAddr *configured, bool activated, Listen
         return 0;
 }
 
-int listener_bind(const IpAddr *addr, unsigned backlog, Listener **ret) {
+/* Every datagram comes with the address it was sent to, which its answer is sent from (and which
+ * tells a broadcast from a unicast): IP_PKTINFO for IPv4, also on a dual-stack IPv6 socket. */
+static int datagram_options(int fd, int family) {
+        const int one = 1;
+
+        if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) < 0 && family == AF_INET)
+                return negative_errno();
+        if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) < 0)
+                return negative_errno();
+        return 0;
+}
+
+int listener_bind(const IpAddr *addr, bool datagram, unsigned backlog, Listener **ret) {
         _cleanup_(closep) int fd = -1;
         const int one = 1;
         SockAddr sa;
         socklen_t len = ipaddr_to_sockaddr(addr, &sa);
         int r;
 
-        fd = socket(addr->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_TCP);
+        fd = socket(addr->family, (datagram ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                    datagram ? IPPROTO_UDP : IPPROTO_TCP);
         if (fd < 0)
                 return negative_errno();
-        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+        if (!datagram && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
                 return negative_errno();
         /* so that 0.0.0.0:P and [::]:P can both be bound */
         if (addr->family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
                 return negative_errno();
+        if (datagram && (r = datagram_options(fd, addr->family)) < 0)
+                return r;
         if (bind(fd, &sa.sa, len) < 0)
                 return negative_errno();
-        if (listen(fd, (int) backlog) < 0)
+        if (!datagram && listen(fd, (int) backlog) < 0)
                 return negative_errno();
         r = listener_new(fd, addr, false, ret);
         if (r < 0)
                 return r;
+        (*ret)->datagram = datagram;
         TAKE_FD(fd);
         return 0;
 }
@@ -82,19 +98,25 @@ int listeners_adopt(Listener ***ret, unsigned *ret_rejected) {
                 r = -ENOMEM;
         for (int i = 0; i < n; i++) {
                 int fd = SD_LISTEN_FDS_START + i;
-                if (r < 0 || sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0) <= 0 ||
+                bool datagram = r >= 0 && sd_is_socket_inet(fd, AF_UNSPEC, SOCK_DGRAM, -1, 0) > 0;
+                if (r < 0 || (!datagram && sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0) <= 0) ||
                     fd_set_nonblock(fd, 1) < 0) {
                         safe_close(fd);
                         rejected++;
                         continue;
                 }
                 int k = listener_new(fd, NULL, true, &list[n_ok]);
+                if (k >= 0 && datagram && datagram_options(fd, list[n_ok]->bound.family) < 0)
+                        k = -EINVAL;
                 if (k < 0) {
-                        safe_close(fd);
+                        if (list[n_ok])
+                                list[n_ok] = listener_free(list[n_ok]);
+                        else
+                                safe_close(fd);
                         rejected++;
                         continue;
                 }
-                n_ok++;
+                list[n_ok++]->datagram = datagram;
         }
         if (names)
                 for (int i = 0; i < n; i++)
@@ -133,11 +155,12 @@ int listeners_prepare(Listener *const *old, unsigned n_old, const ListenAddr *ad
         for (unsigned i = 0; i < n; i++) {
                 p.proxy[i] = addrs[i].proxy;
                 for (unsigned j = 0; j < n_old && !p.list[i]; j++)
-                        if (!old[j]->activated && ipaddr_equal(&old[j]->configured, &addrs[i].addr))
+                        if (!old[j]->activated && old[j]->datagram == addrs[i].datagram &&
+                            ipaddr_equal(&old[j]->configured, &addrs[i].addr))
                                 p.list[i] = old[j];
                 if (p.list[i])
                         continue;
-                r = listener_bind(&addrs[i].addr, backlog, &p.list[i]);
+                r = listener_bind(&addrs[i].addr, addrs[i].datagram, backlog, &p.list[i]);
                 if (r < 0) {
                         ret->failed = addrs[i].addr;
                         listeners_abort(&p);
@@ -186,7 +209,7 @@ Listener **listeners_commit(Listener **old, unsigned n_old, ListenerPlan *p) {
         }
         for (unsigned i = 0; i < p->n; i++) {
                 list[i]->proxy = p->proxy[i];
-                if (!p->fresh[i] && !list[i]->activated && p->backlog > 0)
+                if (!p->fresh[i] && !list[i]->activated && !list[i]->datagram && p->backlog > 0)
                         (void) listen(list[i]->fd, (int) p->backlog); /* a new backlog, in place */
         }
         free(old);
@@ -194,4 +217,30 @@ Listener **listeners_commit(Listener **old, unsigned n_old, ListenerPlan *p) {
         free(p->fresh);
         *p = (ListenerPlan) { 0 };
         return list;
+}
+
+int listeners_split(Listener ***list, unsigned n, Listener ***ret_stream, unsigned *ret_n_stream,
+                    Listener ***ret_datagram, unsigned *ret_n_datagram) {
+        Listener **stream = calloc(n ? n : 1, sizeof(Listener *));
+        Listener **datagram = calloc(n ? n : 1, sizeof(Listener *));
+        unsigned ns = 0, nd = 0;
+
+        if (!stream || !datagram) {
+                free(stream);
+                free(datagram);
+                return -ENOMEM;
+        }
+        for (unsigned i = 0; i < n; i++) {
+                if ((*list)[i]->datagram)
+                        datagram[nd++] = (*list)[i];
+                else
+                        stream[ns++] = (*list)[i];
+        }
+        free(*list);
+        *list = NULL;
+        *ret_stream = stream;
+        *ret_n_stream = ns;
+        *ret_datagram = datagram;
+        *ret_n_datagram = nd;
+        return 0;
 }

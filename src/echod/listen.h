@@ -13,17 +13,20 @@ typedef struct Listener {
         int fd;
         bool activated; /* passed in by systemd (LISTEN_FDS) */
         bool proxy;     /* connections must start with a PROXY protocol header */
+        bool datagram;  /* a UDP socket (listen_udp, or a datagram socket systemd passed) */
         sd_event_source *source;
 } Listener;
 
 Listener *listener_free(Listener *l);
 
-/* socket + IPV6_V6ONLY + bind + listen. Returns 0 or -errno. */
-int listener_bind(const IpAddr *addr, unsigned backlog, Listener **ret);
+/* socket + IPV6_V6ONLY + bind + listen; or, datagram, a UDP socket that reports where each
+ * datagram was sent (IP_PKTINFO, IPV6_RECVPKTINFO). Returns 0 or -errno. */
+int listener_bind(const IpAddr *addr, bool datagram, unsigned backlog, Listener **ret);
 
 /* Adopt the sockets systemd passed (LISTEN_FDS); must run in the process systemd started,
- * before any fork. Unsuitable fds (not a listening TCP socket) are closed and counted in
- * *ret_rejected. Returns the number adopted (0 if not activated) or -errno. */
+ * before any fork. Listening TCP sockets and UDP sockets (datagram set) are adopted; other fds
+ * are closed and counted in *ret_rejected. Returns the number adopted (0 if not activated) or
+ * -errno. */
 int listeners_adopt(Listener ***ret, unsigned *ret_rejected);
 
 /* A reload's listener set, built before anything changes: listeners in old whose configured
@@ -43,6 +46,10 @@ int listeners_prepare(Listener *const *old, unsigned n_old, const ListenAddr *ad
                       ListenerPlan *ret);
 /* Socket-activated: the same sockets; only the PROXY requirement can change. */
 int listeners_prepare_activated(Listener *const *old, unsigned n_old, bool proxy, ListenerPlan *ret);
+/* Split a list into its stream and datagram sockets (both arrays new, *list freed). Returns 0 or
+ * -ENOMEM (then nothing changed). */
+int listeners_split(Listener ***list, unsigned n, Listener ***ret_stream, unsigned *ret_n_stream,
+                    Listener ***ret_datagram, unsigned *ret_n_datagram);
 /* Cannot fail: apply the plan, close the old listeners it does not keep, free the old array.
  * Returns the new array (p->n entries); the plan is spent. */
 Listener **listeners_commit(Listener **old, unsigned n_old, ListenerPlan *p);

@@ -115,8 +115,10 @@ static int parse_argv(int argc, char *argv[]) {
 
 /* Bind every configured address; on failure nothing stays bound. Logs once. */
 static int bind_listeners(const Config *c, Listener ***ret, unsigned *ret_n) {
-        ListenAddr addrs[2 * CONFIG_MAX_LISTEN];
+        ListenAddr addrs[4 * CONFIG_MAX_LISTEN];
         unsigned n = config_listen_addresses(c, addrs, ELEMENTSOF(addrs));
+
+        n += config_udp_addresses(c, addrs + n, ELEMENTSOF(addrs) - n);
         ListenerPlan plan = { 0 };
         char a[IPADDR_STR_MAX];
         int r;
@@ -260,13 +262,15 @@ int main(int argc, char *argv[], char *envp[]) {
                 goto fail;
         }
         if (rejected > 0)
-                log_warning("ignored %u passed file descriptors that are not listening TCP sockets", rejected);
+                log_warning("ignored %u passed file descriptors that are neither listening TCP nor UDP sockets",
+                            rejected);
         activated = r > 0;
         if (activated) {
                 n_listeners = (unsigned) r;
                 for (unsigned i = 0; i < n_listeners; i++)
                         listeners[i]->proxy = config->proxy_protocol;
-                log_info("socket-activated: using %u listener(s) passed by systemd, ignoring 'listen'",
+                log_info("socket-activated: using %u socket(s) passed by systemd, ignoring 'listen' and "
+                         "'listen_udp'",
                          n_listeners);
         } else if (bind_listeners(config, &listeners, &n_listeners) < 0)
                 goto fail;

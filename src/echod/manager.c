@@ -30,6 +30,7 @@
 #include "echod/spawn-proto.h"
 #include "echod/spawner.h"
 #include "echod/status.h"
+#include "echod/udp.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
@@ -41,6 +42,7 @@ struct Manager {
         Children *children;
         Accept *accept;
         Spawner *spawner;
+        Udp *udp;
         Control *control;
         sd_event_source *post, *status_timer, *watchdog_timer, *shutdown_timer;
         uint64_t watchdog_usec;
@@ -222,9 +224,10 @@ static int on_sigchld(sd_event_source *s, const struct signalfd_siginfo *si, voi
 
         /* first what the spawners reported, so every STARTED is known before its process's end */
         (void) spawner_dispatch(m->spawner);
+        udp_dispatch(m->udp);
         /* ours: the spawners, and the orphans of one that died (we are their subreaper) */
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-                if (!spawner_reaped(m->spawner, pid, status))
+                if (!spawner_reaped(m->spawner, pid, status) && !udp_reaped(m->udp, pid, status))
                         child_exited(m, pid, status);
         return 0;
 }
@@ -270,6 +273,7 @@ static StatusSources sources(const Manager *m) {
                 .children = m->children,
                 .accept = m->accept,
                 .spawner = m->spawner,
+                .udp = m->udp,
                 .started_realtime = m->started_realtime,
                 .started_monotonic = m->started_monotonic,
                 .loaded_realtime = m->loaded_realtime,
@@ -326,6 +330,7 @@ static int on_shutdown_timeout(sd_event_source *s, uint64_t usec, void *userdata
         /* a spawner that is stopped or stuck passes nothing on: its children become ours, and are
          * killed as they are adopted */
         spawner_kill(m->spawner);
+        udp_kill(m->udp);
         (void) accept_drop_headers(m->accept);
         return 0;
 }
@@ -347,6 +352,7 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
                 log_warning_errno(r, "Failed to arm the shutdown timer");
         unsigned dropped = accept_stop(m->accept);
         dropped += spawner_drop_queue(m->spawner);
+        udp_stop(m->udp);
         m->control = control_free(m->control);
         unsigned active = children_active(m->children);
         snprintf(status, sizeof(status), "stopping: draining %u connections", active);
@@ -371,6 +377,7 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
         _cleanup_(freep) char *error = NULL;
         _cleanup_(config_freep) Config *c = NULL;
         AcceptPlan *plan = NULL;
+        UdpPlan *udp_plan = NULL;
         Sandbox *sandbox = NULL;
         SpawnerProc *proc = NULL;
         AcceptChanges changes;
@@ -392,8 +399,14 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
                 reload_failed(m, error ? error : strerror(-r));
                 goto done;
         }
+        r = udp_prepare(m->udp, c, &udp_plan, &error);
+        if (r < 0) {
+                reload_failed(m, error ? error : strerror(-r));
+                accept_abort(plan);
+                goto done;
+        }
         if (c->sandbox != m->config->sandbox) {
-                r = sandbox_new(c->sandbox, &sandbox);
+                r = sandbox_new(c->sandbox, SPAWN_KIND_CONNECTION, &sandbox);
                 if (r >= 0)
                         r = spawner_prepare(m->spawner, sandbox, &proc);
                 if (r < 0) {
@@ -402,6 +415,7 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
                                  c->sandbox ? "true" : "false", strerror(-r));
                         reload_failed(m, what);
                         accept_abort(plan);
+                        udp_abort(udp_plan);
                         sandbox_free(sandbox);
                         goto done;
                 }
@@ -411,6 +425,7 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
         Config *old = m->config;
         m->config = TAKE_PTR(c);
         accept_commit(m->accept, plan, &changes);
+        udp_commit(m->udp, udp_plan, m->config);
         if (old->source_prefix_v4 != m->config->source_prefix_v4 ||
             old->source_prefix_v6 != m->config->source_prefix_v6)
                 children_regroup(m->children, m->config->source_prefix_v4, m->config->source_prefix_v6);
@@ -472,7 +487,8 @@ static int on_post(sd_event_source *s, void *userdata) {
 
         if (ECHOD_INVARIANTS)
                 check_invariants(m);
-        if (m->stopping && children_active(m->children) == 0 && accept_headers_waiting(m->accept) == 0)
+        if (m->stopping && children_active(m->children) == 0 && accept_headers_waiting(m->accept) == 0 &&
+            udp_live(m->udp) == 0)
                 return sd_event_exit(m->event, 0);
         return 0;
 }
@@ -493,13 +509,16 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
         static const AcceptCallbacks accept_cb = { .admit = on_admit };
         _cleanup_(closep) int cfd = control_fd;
         Manager *m = calloc(1, sizeof(Manager));
+        Listener **datagram = NULL;
+        unsigned n_datagram = 0;
         int r;
 
-        if (!m) {
+        if (!m || listeners_split(&listeners, n_listeners, &listeners, &n_listeners, &datagram, &n_datagram) < 0) {
                 for (unsigned i = 0; i < n_listeners; i++)
                         listener_free(listeners[i]);
                 free(listeners);
                 config_free(config);
+                free(m);
                 return -ENOMEM;
         }
         m->started_realtime = m->loaded_realtime = clock_usec(CLOCK_REALTIME);
@@ -520,9 +539,16 @@ int manager_new(Config *config, Listener **listeners, unsigned n_listeners, bool
                 free(listeners);
         }
         if (r >= 0)
-                r = sandbox_new(config->sandbox, &m->sandbox);
+                r = udp_new(m->event, config, TAKE_PTR(datagram), n_datagram, activated, &m->udp);
+        else {
+                for (unsigned i = 0; i < n_datagram; i++)
+                        listener_free(datagram[i]);
+                free(datagram);
+        }
         if (r >= 0)
-                r = spawner_new(m->event, &spawner_cb, m, &m->spawner);
+                r = sandbox_new(config->sandbox, SPAWN_KIND_CONNECTION, &m->sandbox);
+        if (r >= 0)
+                r = spawner_new(m->event, SPAWN_KIND_CONNECTION, &spawner_cb, m, &m->spawner);
         if (r >= 0 && cfd >= 0)
                 r = control_new(m->event, TAKE_FD(cfd), report, m, &m->control);
         if (r < 0) {
@@ -539,6 +565,7 @@ Manager *manager_free(Manager *m) {
         control_free(m->control);
         notify_close();
         accept_free(m->accept);
+        udp_free(m->udp);
         spawner_free(m->spawner);
         sd_event_source_disable_unref(m->post);
         sd_event_source_disable_unref(m->status_timer);
@@ -585,6 +612,9 @@ int manager_run(Manager *m, void (*ready)(void)) {
         r = spawner_start(m->spawner, m->sandbox);
         if (r < 0)
                 return log_error_errno(r, "Failed to start echod-spawner (%s)", spawner_path());
+        r = udp_start(m->udp);
+        if (r < 0)
+                return log_error_errno(r, "Failed to start the UDP workers");
         r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, STATUS_INTERVAL_USEC,
                                        USEC_PER_SEC / 10, on_status_timer, m);
         if (r < 0)
@@ -608,6 +638,13 @@ int manager_run(Manager *m, void (*ready)(void)) {
                 log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on %s%s%s",
                          ipaddr_format_endpoint(&l[i]->bound, a), l[i]->activated ? " (socket-activated)" : "",
                          l[i]->proxy ? " (PROXY protocol)" : "");
+        }
+        UdpSocketStatus us[2 * CONFIG_MAX_LISTEN];
+        unsigned n_udp = MIN(udp_sockets(m->udp, us, ELEMENTSOF(us)), (unsigned) ELEMENTSOF(us));
+        for (unsigned i = 0; i < n_udp; i++) {
+                char a[IPADDR_STR_MAX];
+                log_full(LOG_INFO, 0, MESSAGE_ID_LISTENING, "listening on UDP %s%s",
+                         ipaddr_format_endpoint(&us[i].bound, a), us[i].activated ? " (socket-activated)" : "");
         }
         format_status(m, m->last_status, sizeof(m->last_status));
         notify_ready(m->last_status);

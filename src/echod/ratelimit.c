@@ -24,17 +24,21 @@ static void refill(TokenBucket *b, double rate, unsigned burst, uint64_t now, do
         *ret = t;
 }
 
-bool token_bucket_take(TokenBucket *b, double rate, unsigned burst, uint64_t now) {
+bool token_bucket_take_n(TokenBucket *b, double rate, unsigned burst, double n, uint64_t now) {
         double t;
 
         refill(b, rate, burst, now, &t);
         b->last_usec = now ? now : 1;
-        if (t < 1.0) {
+        if (t < n) {
                 b->tokens = t;
                 return false;
         }
-        b->tokens = t - 1.0;
+        b->tokens = t - n;
         return true;
+}
+
+bool token_bucket_take(TokenBucket *b, double rate, unsigned burst, uint64_t now) {
+        return token_bucket_take_n(b, rate, burst, 1.0, now);
 }
 
 bool token_bucket_full(const TokenBucket *b, double rate, unsigned burst, uint64_t now) {
@@ -171,7 +175,8 @@ unsigned rate_table_sweep(RateTable *t, double rate, unsigned burst, uint64_t no
         return (unsigned) hashmap_size(t->index);
 }
 
-bool rate_table_take(RateTable *t, const IpAddr *source, double rate, unsigned burst, uint64_t now) {
+RateTake rate_table_take_n(RateTable *t, const IpAddr *source, double rate, unsigned burst, double n,
+                           uint64_t now) {
         int32_t *v = hashmap_get(t->index, source);
         int32_t i;
 
@@ -181,26 +186,29 @@ bool rate_table_take(RateTable *t, const IpAddr *source, double rate, unsigned b
                         lru_unlink(t, i);
                         lru_push_front(t, i);
                 }
-                return token_bucket_take(&t->slots[i].bucket, rate, burst, now);
+        } else {
+                /* a new source starts with a full bucket, which must be remembered from now on */
+                reclaim(t, rate, burst, now, RECLAIM_PER_NEW_SOURCE);
+                i = alloc_slot(t);
+                if (i < 0) {
+                        t->overflows++;
+                        return RATE_UNTRACKED;
+                }
+                t->keys[i] = *source;
+                t->slots[i].bucket = (TokenBucket) { 0 };
+                if (hashmap_put(t->index, source, i) < 0) {
+                        t->slots[i].next = t->free_head;
+                        t->free_head = i;
+                        t->overflows++;
+                        return RATE_UNTRACKED;
+                }
+                lru_push_front(t, i);
         }
+        return token_bucket_take_n(&t->slots[i].bucket, rate, burst, n, now) ? RATE_TAKEN : RATE_OVER;
+}
 
-        /* a new source starts with a full bucket, which must be remembered from now on */
-        reclaim(t, rate, burst, now, RECLAIM_PER_NEW_SOURCE);
-        i = alloc_slot(t);
-        if (i < 0) {
-                t->overflows++;
-                return true;
-        }
-        t->keys[i] = *source;
-        t->slots[i].bucket = (TokenBucket) { 0 };
-        if (hashmap_put(t->index, source, i) < 0) {
-                t->slots[i].next = t->free_head;
-                t->free_head = i;
-                t->overflows++;
-                return true;
-        }
-        lru_push_front(t, i);
-        return token_bucket_take(&t->slots[i].bucket, rate, burst, now);
+bool rate_table_take(RateTable *t, const IpAddr *source, double rate, unsigned burst, uint64_t now) {
+        return rate_table_take_n(t, source, rate, burst, 1.0, now) != RATE_OVER;
 }
 
 unsigned rate_table_size(const RateTable *t) {

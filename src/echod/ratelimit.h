@@ -14,6 +14,8 @@ typedef struct TokenBucket {
 
 /* Refill at rate per second up to burst, then take one token if there is one. */
 bool token_bucket_take(TokenBucket *b, double rate, unsigned burst, uint64_t now);
+/* The same for n tokens (a datagram's bytes): all of them or none. */
+bool token_bucket_take_n(TokenBucket *b, double rate, unsigned burst, double n, uint64_t now);
 
 /* Would the bucket be full at now (so it carries no state worth keeping)? */
 bool token_bucket_full(const TokenBucket *b, double rate, unsigned burst, uint64_t now);
@@ -31,6 +33,11 @@ typedef struct RateTable RateTable;
 int rate_table_new(unsigned max, RateTable **ret);
 RateTable *rate_table_free(RateTable *t);
 bool rate_table_take(RateTable *t, const IpAddr *source, double rate, unsigned burst, uint64_t now);
+/* The same for n tokens, telling an overflow (RATE_UNTRACKED: the source could not be given a
+ * bucket; rate_table_take() lets it through, UDP does not) from a bucket that is short. */
+typedef enum RateTake { RATE_TAKEN, RATE_OVER, RATE_UNTRACKED } RateTake;
+RateTake rate_table_take_n(RateTable *t, const IpAddr *source, double rate, unsigned burst, double n,
+                           uint64_t now);
 /* Drop every bucket that is full again; returns how many remain. O(size): takes never need it. */
 unsigned rate_table_sweep(RateTable *t, double rate, unsigned burst, uint64_t now);
 unsigned rate_table_size(const RateTable *t);

@@ -35,7 +35,7 @@ struct Sandbox {
  *   - of the spawner's calls, only clone could serve a child, and its RLIMIT_NPROC is 0 (the
  *     master refuses to run children as root, whom the kernel does not hold to it).
  *   - prlimit64 on the caller only, setsockopt for SO_RCVTIMEO only (below). */
-static const int allowed[] = {
+static const int allowed_connection[] = {
         /* the echo loop; its two calls per echo first (the filter tests in this order) */
         SCMP_SYS(recvfrom),     SCMP_SYS(sendto),     SCMP_SYS(read),         SCMP_SYS(write),
         SCMP_SYS(readv),        SCMP_SYS(writev),     SCMP_SYS(recvmsg),      SCMP_SYS(sendmsg),
@@ -48,16 +48,44 @@ static const int allowed[] = {
         SCMP_SYS(set_robust_list), SCMP_SYS(dup3),    SCMP_SYS(close_range),
         /* the spawner: fork, reap */
         SCMP_SYS(clone),        SCMP_SYS(wait4),
+};
+
+/* The UDP worker (udp-worker.c) and the spawner that forks it: batches of datagrams on the socket
+ * it was handed, messages on its control channel, and memory of its own (its source tables are
+ * sized by the policy it is sent, after the fork): brk, and mmap only private, anonymous and not
+ * executable (below). Nothing to write or read a byte stream with, no shutdown, no setsockopt. */
+static const int allowed_datagram[] = {
+        SCMP_SYS(recvmmsg),     SCMP_SYS(sendmmsg),   SCMP_SYS(poll),         SCMP_SYS(ppoll),
+        SCMP_SYS(recvmsg),      SCMP_SYS(recvfrom),   SCMP_SYS(sendto),       SCMP_SYS(read),
+        SCMP_SYS(close),
+        SCMP_SYS(clock_gettime), SCMP_SYS(gettimeofday), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask),
+        SCMP_SYS(restart_syscall), SCMP_SYS(exit),    SCMP_SYS(exit_group),   SCMP_SYS(getpid),
+        SCMP_SYS(gettid),       SCMP_SYS(brk),        SCMP_SYS(munmap),       SCMP_SYS(madvise),
+        /* the source tables' hash seed (arc4random_buf), so no peer can aim at one bucket */
+        SCMP_SYS(getrandom),
+        SCMP_SYS(set_robust_list), SCMP_SYS(dup3),    SCMP_SYS(close_range),
+        SCMP_SYS(clone),        SCMP_SYS(wait4),
+};
+
 #if defined(__SANITIZE_ADDRESS__)
-        /* the sanitizer runtimes allocate and report on their own */
+/* the sanitizer runtimes allocate and report on their own */
+static const int allowed_sanitizer[] = {
         SCMP_SYS(mmap),         SCMP_SYS(munmap),     SCMP_SYS(madvise),      SCMP_SYS(brk),
         SCMP_SYS(sigaltstack),  SCMP_SYS(rt_sigaction), SCMP_SYS(sched_yield), SCMP_SYS(futex),
         SCMP_SYS(prctl),        SCMP_SYS(readlink),   SCMP_SYS(open),         SCMP_SYS(openat),
         SCMP_SYS(mprotect),
-#endif
 };
+#endif
 
-static int compile_filter(struct sock_fprog *ret) {
+static int allow_all(scmp_filter_ctx ctx, const int *calls, size_t n) {
+        int r = 0;
+
+        for (size_t i = 0; i < n && r >= 0; i++)
+                r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, calls[i], 0);
+        return r;
+}
+
+static int compile_filter(SpawnKind kind, struct sock_fprog *ret) {
         _cleanup_(closep) int fd = -1;
         scmp_filter_ctx ctx;
         off_t size;
@@ -66,19 +94,32 @@ static int compile_filter(struct sock_fprog *ret) {
         ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
         if (!ctx)
                 return -ENOMEM;
-        for (size_t i = 0; i < ELEMENTSOF(allowed) && r >= 0; i++)
-                r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allowed[i], 0);
+        if (kind == SPAWN_KIND_DATAGRAM) {
+                r = allow_all(ctx, allowed_datagram, ELEMENTSOF(allowed_datagram));
+                /* malloc(): private anonymous memory, never executable, never shared */
+                if (r >= 0)
+                        r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(mmap), 2,
+                                             SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0),
+                                             SCMP_A3(SCMP_CMP_MASKED_EQ, MAP_SHARED_VALIDATE | MAP_ANONYMOUS,
+                                                     MAP_PRIVATE | MAP_ANONYMOUS));
+        } else {
+                r = allow_all(ctx, allowed_connection, ELEMENTSOF(allowed_connection));
+                /* the worker making its socket blocking (fd_set_nonblock) */
+                for (unsigned i = 0; i < 2 && r >= 0; i++)
+                        r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
+                                             SCMP_A1(SCMP_CMP_EQ, i == 0 ? F_GETFL : F_SETFL));
+                /* the worker's receive timeout (its deadlines, and a drain cutting a wait short) */
+                if (r >= 0)
+                        r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setsockopt), 2,
+                                             SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET), SCMP_A2(SCMP_CMP_EQ, SO_RCVTIMEO));
+        }
+#if defined(__SANITIZE_ADDRESS__)
+        if (r >= 0)
+                r = allow_all(ctx, allowed_sanitizer, ELEMENTSOF(allowed_sanitizer));
+#endif
         /* setrlimit(): a child's RLIMIT_NPROC, pid 0 = itself */
         if (r >= 0)
                 r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 1, SCMP_A0(SCMP_CMP_EQ, 0));
-        /* the worker making its socket blocking (fd_set_nonblock) */
-        for (unsigned i = 0; i < 2 && r >= 0; i++)
-                r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
-                                     SCMP_A1(SCMP_CMP_EQ, i == 0 ? F_GETFL : F_SETFL));
-        /* the worker's receive timeout (its deadlines, and a drain cutting a wait short) */
-        if (r >= 0)
-                r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setsockopt), 2, SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET),
-                                     SCMP_A2(SCMP_CMP_EQ, SO_RCVTIMEO));
         /* no_new_privs is set explicitly by the spawner, right before loading */
         if (r >= 0)
                 r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
@@ -108,14 +149,14 @@ static int compile_filter(struct sock_fprog *ret) {
         return 0;
 }
 
-int sandbox_new(bool enabled, Sandbox **ret) {
+int sandbox_new(bool enabled, SpawnKind kind, Sandbox **ret) {
         Sandbox *s = calloc(1, sizeof(Sandbox));
         int r;
 
         if (!s)
                 return -ENOMEM;
         if (enabled) {
-                r = compile_filter(&s->prog);
+                r = compile_filter(kind, &s->prog);
                 if (r < 0) {
                         free(s);
                         return r;

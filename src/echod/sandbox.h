@@ -10,8 +10,9 @@ typedef struct Sandbox Sandbox;
 /* In the master, once per setting: compile the seccomp filter (libseccomp) to BPF kept in memory.
  * enabled = false (for debugging with gdb, strace, valgrind) leaves out the filter, no_new_privs
  * and the resource limits; capabilities are dropped and oom_score_adj raised all the same (by the
- * spawner, once). Returns 0 or -errno. */
-int sandbox_new(bool enabled, Sandbox **ret);
+ * spawner, once). kind picks the allow-list: a connection's, or a UDP worker's. Returns 0 or
+ * -errno. */
+int sandbox_new(bool enabled, SpawnKind kind, Sandbox **ret);
 Sandbox *sandbox_free(Sandbox *s);
 
 /* The SPAWN_SANDBOX message that tells echod-spawner what each later child applies. */

@@ -28,9 +28,16 @@ typedef enum SpawnRequestType {
         SPAWN_SANDBOX,        /* first, and once: the spawner enters the sandbox its children inherit */
 } SpawnRequestType;
 
+/* What a child forked for a hand-off runs. */
+typedef enum SpawnKind {
+        SPAWN_KIND_CONNECTION = 0, /* the fd is a TCP connection: the echo loop (worker.c) */
+        SPAWN_KIND_DATAGRAM = 1,   /* the fd is a UDP worker's control channel (udp-worker.c) */
+} SpawnKind;
+
 typedef struct SpawnConnection {
         uint32_t type;
         uint32_t slot; /* the master's number for the connection, below SLOTS_MAX */
+        uint32_t kind; /* SpawnKind */
         WorkerParams params;
         char title[SPAWN_TITLE_MAX]; /* NUL-terminated */
 } SpawnConnection;

@@ -57,6 +57,7 @@ struct SpawnerProc {
 
 struct Spawner {
         sd_event *event;
+        SpawnKind kind;
         SpawnerCallbacks cb;
         void *userdata;
         const Sandbox *sandbox; /* what the current process runs, and a restart gets */
@@ -252,7 +253,8 @@ void spawner_handoff(Spawner *s, int fd, int slot, const WorkerParams *params, c
                 return;
         }
         h->fd = fd;
-        h->req = (SpawnConnection) { .type = SPAWN_CONNECTION, .slot = (uint32_t) slot, .params = *params };
+        h->req = (SpawnConnection) { .type = SPAWN_CONNECTION, .slot = (uint32_t) slot, .kind = s->kind,
+                                     .params = *params };
         snprintf(h->req.title, sizeof(h->req.title), "%s", title);
         if (waiting(s) == 0)
                 deadline_start(s);
@@ -582,12 +584,12 @@ bool spawner_reaped(Spawner *s, pid_t pid, int status) {
         return true;
 }
 
-int spawner_new(sd_event *event, const SpawnerCallbacks *cb, void *userdata, Spawner **ret) {
+int spawner_new(sd_event *event, SpawnKind kind, const SpawnerCallbacks *cb, void *userdata, Spawner **ret) {
         Spawner *s = calloc(1, sizeof(Spawner));
 
         if (!s)
                 return -ENOMEM;
-        *s = (Spawner) { .event = sd_event_ref(event), .cb = *cb, .userdata = userdata };
+        *s = (Spawner) { .event = sd_event_ref(event), .kind = kind, .cb = *cb, .userdata = userdata };
         *ret = s;
         return 0;
 }

@@ -22,6 +22,7 @@
 #include <systemd/sd-event.h>
 
 #include "echod/sandbox.h"
+#include "echod/spawn-proto.h"
 #include "echod/worker.h"
 #include "shared/timeutil.h"
 
@@ -74,7 +75,8 @@ const char *spawner_path(void);
  * -errno (then only the path is tried). */
 int spawner_pin(void);
 
-int spawner_new(sd_event *event, const SpawnerCallbacks *cb, void *userdata, Spawner **ret);
+/* kind: what every child of these processes runs (a connection, or a UDP worker) */
+int spawner_new(sd_event *event, SpawnKind kind, const SpawnerCallbacks *cb, void *userdata, Spawner **ret);
 /* At exit: close every channel (processes exit at its end), wait for them a bounded time, kill
  * what is left, reap; and the pinned binary. */
 Spawner *spawner_free(Spawner *s);

@@ -12,6 +12,7 @@
 #include "echod/children.h"
 #include "echod/config.h"
 #include "echod/spawner.h"
+#include "echod/udp.h"
 
 typedef enum StatusFormat {
         STATUS_TEXT,
@@ -29,6 +30,7 @@ typedef struct StatusSources {
         const Children *children;
         const Accept *accept;
         const Spawner *spawner;
+        const Udp *udp;
         uint64_t started_realtime, started_monotonic;
         uint64_t loaded_realtime; /* the last successful load: the start, or the last reload */
         unsigned reloads, reload_failures;

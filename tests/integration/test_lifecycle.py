@@ -489,7 +489,7 @@ def test_socket_activation(echod_factory):
     first = connect(("127.0.0.1", port))
     try:
         e.wait_ready()
-        e.wait_log(r"socket-activated: using 1 listener\(s\) passed by systemd, ignoring 'listen'")
+        e.wait_log(r"socket-activated: using 1 socket\(s\) passed by systemd, ignoring 'listen'")
         assert e.addresses == [f"127.0.0.1:{port}"]
         assert echo_roundtrip(first, b"the connection that woke us\n") == b"the connection that woke us\n"
     finally:

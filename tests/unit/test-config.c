@@ -117,7 +117,7 @@ static void test_defaults(void **state) {
         ListenAddr a[4];
         char buf[IPADDR_STR_MAX];
 
-        assert_int_equal(c->n_listen, 2);
+        assert_int_equal(c->listen.n, 2);
         assert_int_equal(config_listen_addresses(c, a, 4), 2);
         assert_string_equal(ipaddr_format_endpoint(&a[0].addr, buf), "0.0.0.0:7");
         assert_string_equal(ipaddr_format_endpoint(&a[1].addr, buf), "[::]:7");
@@ -135,8 +135,8 @@ static void test_defaults(void **state) {
 static void test_all_keys(void **state) {
         Config *c = load("good/all-keys.conf");
 
-        assert_int_equal(c->n_listen, 2);
-        assert_string_equal(c->listen[1].text, "[::1]:7007");
+        assert_int_equal(c->listen.n, 2);
+        assert_string_equal(c->listen.items[1].text, "[::1]:7007");
         assert_int_equal(c->backlog, 16);
         assert_int_equal(c->max_connections, 10000);
         assert_int_equal(c->max_per_source, 0);
