@@ -223,6 +223,36 @@ static void write_tables(const StatusSnapshot *s, FILE *f) {
         }
 }
 
+static void write_udp(const StatusSnapshot *s, FILE *f) {
+        const UdpTotals *u = &s->udp;
+        char a[IPADDR_STR_MAX];
+        unsigned restarts = 0;
+
+        single(f, "udp_listeners", "gauge", "UDP sockets served (listen_udp).", U64(s->n_udp));
+        family(f, "udp_listener_info", "gauge",
+               "Always 1 for each UDP socket: its address, and whether it was bound by echod or passed by systemd.");
+        for (unsigned i = 0; i < s->n_udp; i++) {
+                Label labels[] = {
+                        { "address", ipaddr_format_endpoint(&s->udp_sockets[i].bound, a) },
+                        { "socket", s->udp_sockets[i].activated ? "activated" : "bound" },
+                };
+                sample_labels(f, "udp_listener_info", "", labels, ELEMENTSOF(labels), "1");
+                restarts += s->udp_sockets[i].restarts;
+        }
+        single(f, "udp_datagrams_received_total", "counter", "UDP datagrams received.", U64(u->received));
+        single(f, "udp_datagrams_answered_total", "counter", "UDP datagrams echoed back.", U64(u->replied));
+        family(f, "udp_datagrams_not_answered_total", "counter",
+               "UDP datagrams not echoed, by reason: bad-source, bad-destination, reflector-port, acl, too-large, "
+               "source-rate, sources-full, budget, send-failed.");
+        for (int i = 0; i < _UDP_DROP_MAX; i++)
+                sample_by(f, "udp_datagrams_not_answered_total", "reason", udp_drop_name(i), U64(u->dropped[i]));
+        single(f, "udp_received_bytes_total", "counter", "Payload bytes of the UDP datagrams received.",
+               U64(u->bytes_in));
+        single(f, "udp_sent_bytes_total", "counter", "Payload bytes of the UDP echoes sent.", U64(u->bytes_out));
+        single(f, "udp_worker_restarts_total", "counter",
+               "UDP workers started again after one ended (a crash) or to apply a new sandbox.", U64(restarts));
+}
+
 void metrics_write(const StatusSnapshot *s, FILE *f) {
         write_process(s, f);
         write_listeners(s, f);
@@ -230,4 +260,5 @@ void metrics_write(const StatusSnapshot *s, FILE *f) {
         write_sessions(s, f);
         write_spawner(s, f);
         write_tables(s, f);
+        write_udp(s, f);
 }

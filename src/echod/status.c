@@ -73,6 +73,9 @@ static int snapshot(const StatusSources *src, StatusSnapshot *s) {
         refusals_top(refusals, &s->refused_sources);
         s->bytes_in = s->counters.bytes_in;
         s->bytes_out = s->counters.bytes_out;
+        s->udp = *udp_totals(src->udp);
+        s->n_udp = MIN(udp_sockets(src->udp, s->udp_sockets, ELEMENTSOF(s->udp_sockets)),
+                       (unsigned) ELEMENTSOF(s->udp_sockets));
         FILE *f = open_memstream(&s->effective, &s->effective_len);
         if (!f)
                 return -ENOMEM;
@@ -143,6 +146,63 @@ static int width_of(const IpAddr *const *addrs, unsigned n, bool prefix, int hea
                         w = MAX(w, (int) strlen(prefix ? ipaddr_format_prefix(addrs[i], a)
                                                        : ipaddr_format_endpoint(addrs[i], a)));
         return w;
+}
+
+static void text_udp(const StatusSnapshot *s, FILE *f) {
+        const UdpTotals *u = &s->udp;
+        char a[IPADDR_STR_MAX];
+        const IpAddr *col[ELEMENTSOF(s->udp_sockets)];
+        int w;
+
+        if (s->n_udp == 0 && u->received == 0)
+                return;
+        for (unsigned i = 0; i < s->n_udp; i++)
+                col[i] = &s->udp_sockets[i].bound;
+        w = width_of(col, s->n_udp, false, 12);
+        fprintf(f, "\n%-*s  %-10s %-8s %-8s %s\n", w, "UDP LISTENER", "SOCKET", "WORKER", "POLICY", "RESTARTS");
+        for (unsigned i = 0; i < s->n_udp; i++) {
+                const UdpSocketStatus *k = &s->udp_sockets[i];
+                char pid[16];
+                snprintf(pid, sizeof(pid), "%d", (int) k->pid);
+                fprintf(f, "%-*s  %-10s %-8s %-8s %u\n", w, ipaddr_format_endpoint(&k->bound, a),
+                        k->activated ? "activated" : "bound", k->pid > 0 ? pid : "-", k->current ? "current" : "pending",
+                        k->restarts);
+        }
+        fprintf(f, "udp          received %" PRIu64 "  answered %" PRIu64 "  bytes in %" PRIu64 "  bytes out %" PRIu64
+                   "\nnot answered ",
+                u->received, u->replied, u->bytes_in, u->bytes_out);
+        for (int i = 0; i < _UDP_DROP_MAX; i++)
+                fprintf(f, "%s%s %" PRIu64, i ? "  " : "", udp_drop_name(i), u->dropped[i]);
+        fputc('\n', f);
+}
+
+static void json_udp(const StatusSnapshot *s, JsonWriter *j) {
+        const UdpTotals *u = &s->udp;
+        char a[IPADDR_STR_MAX];
+
+        json_object_open(j, "udp");
+        json_array_open(j, "listeners");
+        for (unsigned i = 0; i < s->n_udp; i++) {
+                const UdpSocketStatus *k = &s->udp_sockets[i];
+                json_object_open(j, NULL);
+                json_str(j, "address", ipaddr_format_host(&k->bound, a));
+                json_unsigned(j, "port", k->bound.port);
+                json_str(j, "socket", k->activated ? "activated" : "bound");
+                json_i64(j, "worker_pid", k->pid);
+                json_bool(j, "policy_current", k->current);
+                json_unsigned(j, "restarts", k->restarts);
+                json_object_close(j);
+        }
+        json_array_close(j);
+        json_u64(j, "received", u->received);
+        json_u64(j, "answered", u->replied);
+        json_u64(j, "bytes_in", u->bytes_in);
+        json_u64(j, "bytes_out", u->bytes_out);
+        json_object_open(j, "not_answered");
+        for (int i = 0; i < _UDP_DROP_MAX; i++)
+                json_u64(j, udp_drop_name(i), u->dropped[i]);
+        json_object_close(j);
+        json_object_close(j);
 }
 
 static void text_report(const StatusSnapshot *s, FILE *f, unsigned max_live) {
@@ -218,6 +278,8 @@ static void text_report(const StatusSnapshot *s, FILE *f, unsigned max_live) {
                         status_table_name(i), s->tables[i].entries, s->tables[i].capacity, s->tables[i].overflows,
                         s->tables[i].evictions);
         fputc('\n', f);
+
+        text_udp(s, f);
 
         fprintf(f, "\n%-8s %-*s  %-*s %8s %12s %12s %8s\n", "PID", wp, "PEER", wv, "VIA", "AGE", "BYTES IN",
                 "BYTES OUT", "IDLE");
@@ -345,6 +407,8 @@ static void json_report(const StatusSnapshot *s, FILE *f) {
         }
         json_object_close(&j);
 
+        json_udp(s, &j);
+
         json_array_open(&j, "connections");
         for (unsigned i = 0; i < s->n_live; i++) {
                 const StatusLive *l = &s->live[i];
@@ -425,5 +489,18 @@ void status_summary(const StatusSources *src, char *buf, size_t size) {
         for (unsigned i = 0; i < n_listeners && n > 0 && (size_t) n < size; i++) {
                 char a[IPADDR_STR_MAX];
                 n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&l[i]->bound, a));
+        }
+        UdpSocketStatus us[2 * CONFIG_MAX_LISTEN];
+        unsigned n_udp = MIN(udp_sockets(src->udp, us, ELEMENTSOF(us)), (unsigned) ELEMENTSOF(us));
+        const UdpTotals *u = udp_totals(src->udp);
+        uint64_t dropped = 0;
+        for (int i = 0; i < _UDP_DROP_MAX; i++)
+                dropped += u->dropped[i];
+        if (n_udp > 0 && n > 0 && (size_t) n < size)
+                n += snprintf(buf + n, size - (size_t) n, "; UDP %llu answered, %llu not, on",
+                              (unsigned long long) u->replied, (unsigned long long) dropped);
+        for (unsigned i = 0; i < n_udp && n > 0 && (size_t) n < size; i++) {
+                char a[IPADDR_STR_MAX];
+                n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&us[i].bound, a));
         }
 }

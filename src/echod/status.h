@@ -84,6 +84,9 @@ typedef struct StatusSnapshot {
         unsigned n_top_active;
         RefusalTop refused_sources;
         SourceTableStats tables[_STATUS_TABLE_MAX];
+        UdpTotals udp;
+        UdpSocketStatus udp_sockets[2 * CONFIG_MAX_LISTEN];
+        unsigned n_udp;
         char *effective; /* the configuration in force, as -T prints it */
         size_t effective_len;
 } StatusSnapshot;
