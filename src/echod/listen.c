@@ -42,7 +42,13 @@ static int listener_new(int fd, const IpAddr *configured, bool activated, Listen
 /* Every datagram comes with the address it was sent to, which its answer is sent from (and which
  * tells a broadcast from a unicast): IP_PKTINFO for IPv4, also on a dual-stack IPv6 socket. */
 static int datagram_options(int fd, int family) {
-        const int one = 1;
+        const int one = 1, queue = LISTENER_UDP_RCVBUF;
+
+        /* room for a burst while the worker is busy, or replaced: the default (net.core.rmem_default,
+         * ~200 KiB) holds about 250 small datagrams. Forced while echod may still be root; else capped
+         * by net.core.rmem_max. Best effort. */
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &queue, sizeof(queue)) < 0)
+                (void) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &queue, sizeof(queue));
 
         if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) < 0 && family == AF_INET)
                 return negative_errno();

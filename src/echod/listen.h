@@ -7,6 +7,9 @@
 #include "echod/config.h"
 #include "shared/ipaddr.h"
 
+/* A UDP socket's receive buffer (the kernel doubles it for its bookkeeping) */
+#define LISTENER_UDP_RCVBUF (4 * 1024 * 1024)
+
 typedef struct Listener {
         IpAddr configured; /* what the config asked for (port may be 0) */
         IpAddr bound;      /* what the kernel gave us */

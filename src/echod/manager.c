@@ -49,7 +49,7 @@ struct Manager {
         bool stopping;
         unsigned ceiling; /* max_connections, or more while a reload's lower limit drains */
         int stop_signal; /* what live connections were last sent: SIGTERM, then SIGKILL */
-        char last_status[512];
+        char last_status[1024];
         uint64_t started_realtime, started_monotonic, loaded_realtime;
         unsigned reloads, reload_failures;
 };

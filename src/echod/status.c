@@ -469,7 +469,34 @@ int status_report(const StatusSources *src, StatusFormat format, unsigned max_li
         return r;
 }
 
+/* " UDP 5 answered, 2 not (on 127.0.0.1:7 [::1]:7);" when there are UDP sockets: before the TCP
+ * listeners, which end the line (tools read them from there). */
+static void summary_udp(const StatusSources *src, char *buf, size_t size) {
+        UdpSocketStatus us[2 * CONFIG_MAX_LISTEN];
+        unsigned n_udp = MIN(udp_sockets(src->udp, us, ELEMENTSOF(us)), (unsigned) ELEMENTSOF(us));
+        const UdpTotals *u = udp_totals(src->udp);
+        uint64_t dropped = 0;
+        int n;
+
+        buf[0] = 0;
+        if (n_udp == 0)
+                return;
+        for (int i = 0; i < _UDP_DROP_MAX; i++)
+                dropped += u->dropped[i];
+        n = snprintf(buf, size, " UDP %llu answered, %llu not (on", (unsigned long long) u->replied,
+                     (unsigned long long) dropped);
+        for (unsigned i = 0; i < n_udp && n > 0 && (size_t) n < size; i++) {
+                char a[IPADDR_STR_MAX];
+                n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&us[i].bound, a));
+        }
+        if (n > 0 && (size_t) n < size)
+                snprintf(buf + n, size - (size_t) n, ");");
+}
+
 void status_summary(const StatusSources *src, char *buf, size_t size) {
+        char udp[256];
+
+        summary_udp(src, udp, sizeof(udp));
         const uint64_t *refused = refusals_counts(accept_refusals(src->accept));
         const ChildCounters *c = children_counters(src->children);
         unsigned n_listeners;
@@ -477,7 +504,7 @@ void status_summary(const StatusSources *src, char *buf, size_t size) {
         int n = snprintf(buf, size,
                          "%u active (peak %u), %u queued, %llu accepted, %llu refused (capacity %llu, "
                          "per-source %llu, rate %llu, per-source-rate %llu, acl %llu, proxy %llu, fork %llu, spawner %llu), "
-                         "%llu crashed; listening on",
+                         "%llu crashed;%s listening on",
                          children_active(src->children), c->peak, accept_queued(src->accept),
                          (unsigned long long) c->accepted,
                          (unsigned long long) refusals_total(accept_refusals(src->accept)),
@@ -485,22 +512,10 @@ void status_summary(const StatusSources *src, char *buf, size_t size) {
                          (unsigned long long) refused[REFUSE_RATE], (unsigned long long) refused[REFUSE_PER_SOURCE_RATE],
                          (unsigned long long) refused[REFUSE_ACL], (unsigned long long) refused[REFUSE_PROXY],
                          (unsigned long long) refused[REFUSE_FORK], (unsigned long long) refused[REFUSE_SPAWNER],
-                         (unsigned long long) c->crashed);
+                         (unsigned long long) c->crashed, udp);
         for (unsigned i = 0; i < n_listeners && n > 0 && (size_t) n < size; i++) {
                 char a[IPADDR_STR_MAX];
                 n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&l[i]->bound, a));
         }
-        UdpSocketStatus us[2 * CONFIG_MAX_LISTEN];
-        unsigned n_udp = MIN(udp_sockets(src->udp, us, ELEMENTSOF(us)), (unsigned) ELEMENTSOF(us));
-        const UdpTotals *u = udp_totals(src->udp);
-        uint64_t dropped = 0;
-        for (int i = 0; i < _UDP_DROP_MAX; i++)
-                dropped += u->dropped[i];
-        if (n_udp > 0 && n > 0 && (size_t) n < size)
-                n += snprintf(buf + n, size - (size_t) n, "; UDP %llu answered, %llu not, on",
-                              (unsigned long long) u->replied, (unsigned long long) dropped);
-        for (unsigned i = 0; i < n_udp && n > 0 && (size_t) n < size; i++) {
-                char a[IPADDR_STR_MAX];
-                n += snprintf(buf + n, size - (size_t) n, " %s", ipaddr_format_endpoint(&us[i].bound, a));
-        }
+
 }
