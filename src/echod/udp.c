@@ -2,8 +2,6 @@
 #include "echod/udp.h"
 
 #include <errno.h>
-#include <ifaddrs.h>
-#include <net/if.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +13,6 @@
 #include "echod/log.h"
 #include "echod/sandbox.h"
 #include "echod/spawner.h"
-#include "echod/udp-policy.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
@@ -26,7 +23,8 @@ typedef struct Worker {
         int theirs;  /* its end, until the spawner took it (started/failed/lost) */
         int slot;    /* the hand-off's number, while one is out */
         pid_t pid;
-        uint64_t started_usec;
+        uint64_t started_usec, heard_usec; /* started; last report (its heartbeat) */
+        bool killed; /* silent for UDP_SILENT_USEC: killed, its exit replaces it */
         unsigned restarts;
         UdpCounters last; /* what it last reported */
         sd_event_source *io, *restart_timer;
@@ -50,7 +48,7 @@ struct Udp {
         uint32_t generation; /* of the policy in force */
         int next_slot;
         UdpTotals totals, summarised;
-        sd_event_source *summary_timer;
+        sd_event_source *summary_timer, *watch_timer;
 };
 
 struct UdpPlan {
@@ -61,119 +59,10 @@ struct UdpPlan {
 
 static void worker_start(Worker *w);
 
-/* --- the policy ---------------------------------------------------------------------------- */
-
-static void limits_from_config(const Udp *u, UdpLimits *l) {
-        const Config *c = u->config;
-        unsigned share = MAX(u->n, 1u); /* the service's budget, split evenly between the sockets */
-
-        *l = (UdpLimits) {
-                .rate = c->udp_rate,
-                .byte_rate = c->udp_byte_rate,
-                .budget = c->udp_budget / share,
-                .byte_budget = c->udp_byte_budget / share,
-                .burst = config_burst(c->udp_rate, c->udp_burst),
-                .byte_burst = config_burst(c->udp_byte_rate, c->udp_byte_burst),
-                .budget_burst = config_burst(c->udp_budget / share, 0),
-                .byte_budget_burst = MAX(config_burst(c->udp_byte_budget / share, 0), c->udp_max_size),
-                .sources = c->udp_sources,
-                .max_size = c->udp_max_size,
-                .prefix_v4 = (uint8_t) c->source_prefix_v4,
-                .prefix_v6 = (uint8_t) c->source_prefix_v6,
-        };
-        udp_limits_deny_ports(l, c->udp_deny_ports.items, c->udp_deny_ports.n);
-}
-
-/* The local interfaces' IPv4 broadcast addresses, read afresh for every policy. */
-static unsigned broadcast_addresses(IpAddr *out, unsigned max) {
-        struct ifaddrs *ifa = NULL;
-        unsigned n = 0;
-
-        if (getifaddrs(&ifa) < 0)
-                return 0;
-        for (struct ifaddrs *i = ifa; i && n < max; i = i->ifa_next)
-                if ((i->ifa_flags & IFF_BROADCAST) && i->ifa_broadaddr && i->ifa_broadaddr->sa_family == AF_INET &&
-                    ipaddr_from_sockaddr(i->ifa_broadaddr, sizeof(struct sockaddr_in), &out[n]) >= 0)
-                        n++;
-        freeifaddrs(ifa);
-        return n;
-}
-
-static int send_msg(Worker *w, const void *msg, size_t len) {
-        return send(w->ctl, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
-}
-
-static int send_addrs(Worker *w, UdpAddrsMsg *m, UdpAddrKind kind, const IpAddr *a, unsigned n) {
-        for (unsigned i = 0; i < n; i++) {
-                m->kind[m->n] = (uint8_t) kind;
-                m->addrs[m->n++] = a[i];
-                if (m->n == UDP_ADDRS_PER_MSG) {
-                        int r = send_msg(w, m, sizeof(*m));
-                        if (r < 0)
-                                return r;
-                        m->n = 0;
-                }
-        }
-        return 0;
-}
-
-/* The policy in force, whole: POLICY, its addresses, COMMIT. */
 static int send_policy(Worker *w) {
-        Udp *u = w->owner;
-        const Config *c = u->config;
-        static UdpPolicyMsg p;
-        static UdpAddrsMsg a;
-        IpAddr bcast[64];
-        unsigned nb = broadcast_addresses(bcast, ELEMENTSOF(bcast));
-        UdpCommitMsg commit = { .type = UDP_MSG_COMMIT, .generation = u->generation };
-        int r;
-
-        p = (UdpPolicyMsg) { .type = UDP_MSG_POLICY, .generation = u->generation,
-                             .n_addrs = c->allow.n + c->deny.n + nb };
-        limits_from_config(u, &p.limits);
-        r = send_msg(w, &p, sizeof(p));
-        a = (UdpAddrsMsg) { .type = UDP_MSG_ADDRS };
-        if (r >= 0)
-                r = send_addrs(w, &a, UDP_ADDR_ALLOW, c->allow.items, c->allow.n);
-        if (r >= 0)
-                r = send_addrs(w, &a, UDP_ADDR_DENY, c->deny.items, c->deny.n);
-        if (r >= 0)
-                r = send_addrs(w, &a, UDP_ADDR_BROADCAST, bcast, nb);
-        if (r >= 0 && a.n > 0)
-                r = send_msg(w, &a, sizeof(a));
-        if (r >= 0)
-                r = send_msg(w, &commit, sizeof(commit));
-        return r;
+        return udp_channel_send_policy(w->ctl, w->owner->config, MAX(w->owner->n, 1u), w->owner->generation);
 }
 
-/* --- counters ------------------------------------------------------------------------------- */
-
-/* A report must only grow, field by field, from the last one of the same worker. */
-static bool report_plausible(const UdpCounters *old, const UdpCounters *new) {
-        uint64_t dropped = 0;
-
-        if (new->received < old->received || new->replied < old->replied || new->bytes_in < old->bytes_in ||
-            new->bytes_out < old->bytes_out)
-                return false;
-        for (unsigned i = 0; i < _UDP_DROP_MAX; i++) {
-                if (new->dropped[i] < old->dropped[i])
-                        return false;
-                dropped += new->dropped[i];
-        }
-        return new->replied + dropped <= new->received;
-}
-
-static void add_report(Udp *u, Worker *w, const UdpCounters *c) {
-        UdpTotals *t = &u->totals;
-
-        t->received += c->received - w->last.received;
-        t->replied += c->replied - w->last.replied;
-        t->bytes_in += c->bytes_in - w->last.bytes_in;
-        t->bytes_out += c->bytes_out - w->last.bytes_out;
-        for (unsigned i = 0; i < _UDP_DROP_MAX; i++)
-                t->dropped[i] += c->dropped[i] - w->last.dropped[i];
-        w->last = *c;
-}
 
 static int on_ctl(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Worker *w = userdata;
@@ -189,7 +78,8 @@ static int on_ctl(sd_event_source *s, int fd, uint32_t revents, void *userdata) 
                         w->io = sd_event_source_disable_unref(w->io);
                         return 0;
                 }
-                if (n != sizeof(UdpCounters) || m.type != UDP_MSG_COUNTERS || !report_plausible(&w->last, &m.counters)) {
+                if (n != sizeof(UdpCounters) || m.type != UDP_MSG_COUNTERS ||
+                    !udp_report_plausible(&w->last, &m.counters)) {
                         log_error("UDP worker for %s (pid %d) sent a message that is not a plausible report: "
                                   "replacing it",
                                   ipaddr_format_endpoint(&w->sock->bound, a), (int) w->pid);
@@ -198,7 +88,9 @@ static int on_ctl(sd_event_source *s, int fd, uint32_t revents, void *userdata) 
                         w->io = sd_event_source_disable_unref(w->io);
                         return 0;
                 }
-                add_report(w->owner, w, &m.counters);
+                udp_totals_add(&w->owner->totals, &w->last, &m.counters);
+                w->last = m.counters;
+                w->heard_usec = now_usec();
         }
 }
 
@@ -225,6 +117,26 @@ static int on_summary(sd_event_source *s, uint64_t usec, void *userdata) {
                            (unsigned long long) (t->replied - u->summarised.replied));
         u->summarised = *t;
         return sd_event_source_set_time(s, usec + UDP_SUMMARY_USEC);
+}
+
+/* A worker reports at least every UDP_REPORT_MAX_USEC: one silent for longer than this is
+ * stopped or stuck (its socket's queue fills and overflows meanwhile), and is replaced. */
+static int on_watch(sd_event_source *s, uint64_t usec, void *userdata) {
+        Udp *u = userdata;
+        uint64_t now = now_usec();
+        char a[IPADDR_STR_MAX];
+
+        for (unsigned i = 0; i < u->n; i++) {
+                Worker *w = u->workers[i];
+                if (w->pid <= 0 || w->killed || w->ctl < 0 || now - MAX(w->heard_usec, w->started_usec) < UDP_SILENT_USEC)
+                        continue;
+                log_error("UDP worker for %s (pid %d) reported nothing for %u s: killing it",
+                          ipaddr_format_endpoint(&w->sock->bound, a), (int) w->pid,
+                          (unsigned) (UDP_SILENT_USEC / USEC_PER_SEC));
+                w->killed = true;
+                (void) kill(w->pid, SIGKILL);
+        }
+        return sd_event_source_set_time(s, usec + USEC_PER_SEC);
 }
 
 /* --- workers ------------------------------------------------------------------------------- */
@@ -259,6 +171,7 @@ static void worker_detach(Worker *w) {
                 }
         }
         w->pid = 0;
+        w->killed = false;
         w->last = (UdpCounters) { 0 };
 }
 
@@ -297,15 +210,6 @@ static void worker_replace(Worker *w, bool quick) {
 
 static void worker_start(Worker *w) {
         Udp *u = w->owner;
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control = { 0 };
-        UdpSocketMsg m = { .type = UDP_MSG_SOCKET };
-        struct iovec iov = { .iov_base = &m, .iov_len = sizeof(m) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
-                             .msg_controllen = sizeof(control) };
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         WorkerParams params = { 0 };
         char title[SPAWN_TITLE_MAX], a[IPADDR_STR_MAX];
         int pair[2], r;
@@ -318,12 +222,8 @@ static void worker_start(Worker *w) {
         }
         w->ctl = pair[0];
         w->theirs = pair[1];
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &w->sock->fd, sizeof(int));
         /* queued in the channel before the worker exists: it reads them first thing */
-        r = sendmsg(w->ctl, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
+        r = udp_channel_send_socket(w->ctl, w->sock->fd);
         if (r >= 0)
                 r = send_policy(w);
         if (r >= 0)
@@ -488,6 +388,7 @@ Udp *udp_free(Udp *u) {
                 free(l);
         }
         sd_event_source_disable_unref(u->summary_timer);
+        sd_event_source_disable_unref(u->watch_timer);
         sd_event_unref(u->event);
         free(u);
         return NULL;
@@ -518,6 +419,11 @@ int udp_start(Udp *u) {
                                        USEC_PER_SEC / 10, on_summary, u);
         if (r >= 0)
                 r = sd_event_source_set_enabled(u->summary_timer, SD_EVENT_ON);
+        if (r >= 0)
+                r = sd_event_add_time_relative(u->event, &u->watch_timer, CLOCK_MONOTONIC, USEC_PER_SEC,
+                                               USEC_PER_SEC / 10, on_watch, u);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(u->watch_timer, SD_EVENT_ON);
         if (r < 0 || u->n == 0)
                 return r;
         r = start_spawner(u);

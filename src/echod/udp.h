@@ -19,20 +19,18 @@
 
 #include "echod/config.h"
 #include "echod/listen.h"
+#include "echod/udp-channel.h"
 #include "echod/udp-proto.h"
 
 /* a worker that ends within this of its start is started again only after it */
 #define UDP_RESTART_HOLDOFF_USEC USEC_PER_SEC
+/* a worker that sends no report (UDP_REPORT_MAX_USEC apart) for this long is killed and replaced */
+#define UDP_SILENT_USEC (5 * USEC_PER_SEC)
 /* how often the log says what was not answered, when anything was not */
 #define UDP_SUMMARY_USEC (10 * USEC_PER_SEC)
 
 typedef struct Udp Udp;
 typedef struct UdpPlan UdpPlan;
-
-typedef struct UdpTotals {
-        uint64_t received, replied, bytes_in, bytes_out;
-        uint64_t dropped[_UDP_DROP_MAX];
-} UdpTotals;
 
 typedef struct UdpSocketStatus {
         IpAddr bound;

@@ -460,6 +460,25 @@ def test_killed_worker_is_replaced_and_nothing_queued_is_lost(echod_factory):
     assert worker_pids(e) != [pid] and len(worker_pids(e)) == 1
 
 
+def test_stopped_worker_is_replaced(echod_factory):
+    """A worker that stops answering (SIGSTOP: stuck) misses its heartbeats and is killed and
+    replaced within about 5 s; what waited in the socket's queue is answered by the new one."""
+    e = echod_factory(udp_config(udp_rate=1000, udp_burst=1000))
+    a = udp_endpoint(e)
+    pid = wait_workers(e)[0]
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"anyone there?", a)
+        s.settimeout(10)
+        assert s.recv(100) == b"anyone there?"
+    waited = time.monotonic() - t0
+    assert 4.0 <= waited <= 8.0, waited
+    e.wait_log(rf"UDP worker for 127\.0\.0\.1:{a[1]} \(pid {pid}\) reported nothing for 5 s: killing it")
+    e.wait_log(rf"UDP worker for 127\.0\.0\.1:{a[1]} \(pid {pid}\) was killed by SIGKILL; starting another")
+    assert worker_pids(e) != [pid]
+
+
 def test_worker_crash_loop_is_held_off(echod_factory):
     """A worker that dies at once is started again at most once a second, not in a tight loop."""
     e = echod_factory(udp_config())
