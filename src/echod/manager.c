@@ -461,7 +461,8 @@ static void check_invariants(Manager *m) {
         SpawnerStatus sp;
 
         spawner_status(m->spawner, &sp);
-        if (children_check(m->children, &what) < 0 || accept_check(m->accept, &what) < 0)
+        if (children_check(m->children, &what) < 0 || accept_check(m->accept, &what) < 0 ||
+            udp_check(m->udp, &what) < 0)
                 goto broken;
         /* every pending slot is a hand-off the spawner side holds, queued or in flight */
         if (children_pending(m->children) != sp.queued + sp.in_flight) {

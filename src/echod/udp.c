@@ -604,6 +604,32 @@ bool udp_reaped(Udp *u, pid_t pid, int status) {
         return false;
 }
 
+int udp_check(const Udp *u, const char **what) {
+        for (unsigned i = 0; i < u->n; i++) {
+                const Worker *w = u->workers[i];
+                /* a hand-off still out has no process yet; a process has its channel (until detached) */
+                if (w->theirs >= 0 && w->pid > 0) {
+                        *what = "a UDP worker with a pid while its hand-off is still out";
+                        return -EINVAL;
+                }
+                if (w->pid > 0 && w->ctl < 0) {
+                        *what = "a current UDP worker without its control channel";
+                        return -EINVAL;
+                }
+                for (unsigned j = 0; j < i; j++)
+                        if (w->pid > 0 && u->workers[j]->pid == w->pid) {
+                                *what = "two UDP sockets with the same worker";
+                                return -EINVAL;
+                        }
+                for (const Leaving *l = u->leaving; l; l = l->next)
+                        if (w->pid > 0 && l->pid == w->pid) {
+                                *what = "a UDP worker both current and leaving";
+                                return -EINVAL;
+                        }
+        }
+        return 0;
+}
+
 const UdpTotals *udp_totals(const Udp *u) {
         return &u->totals;
 }

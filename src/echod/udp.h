@@ -66,6 +66,9 @@ void udp_dispatch(Udp *u);
 /* From the master's waitpid(): true if pid was one of ours (a spawner, or a worker it left). */
 bool udp_reaped(Udp *u, pid_t pid, int status);
 
+/* The invariants above; on a break, *what says which. Returns 0 or -EINVAL. */
+int udp_check(const Udp *u, const char **what);
+
 const UdpTotals *udp_totals(const Udp *u);
 /* Fills up to max entries; returns how many sockets there are. */
 unsigned udp_sockets(const Udp *u, UdpSocketStatus *ret, unsigned max);
