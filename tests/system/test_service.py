@@ -241,7 +241,7 @@ def test_stop_drains_cleanly_then_the_socket_unit_activates_the_service(service)
     assert r.returncode == 0 and r.stdout == data, r.stderr
     c.wait_active("echod.service")
     text = c.messages(cursor)
-    assert "socket-activated: using 2 listener(s) passed by systemd" in text, text
+    assert "socket-activated: using 2 socket(s) passed by systemd" in text, text
     if have_ipv6_loopback():
         r = echoc("-6", "::1", input=data)
         assert r.returncode == 0 and r.stdout == data, r.stderr
