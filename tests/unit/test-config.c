@@ -158,6 +158,18 @@ static void test_all_keys(void **state) {
         assert_string_equal(ipaddr_format_prefix(&c->deny.items[1], buf), "10.2.0.0/16");
         assert_int_equal(c->stall_timeout, 0);
         assert_int_equal(c->max_session, 3600);
+        assert_int_equal(c->listen_udp.n, 2);
+        assert_string_equal(c->listen_udp.items[0].text, "127.0.0.1:7007");
+        assert_true(c->udp_rate == 2.5);
+        assert_int_equal(c->udp_burst, 5);
+        assert_int_equal(c->udp_byte_burst, 2048);
+        assert_int_equal(c->udp_sources, 1000);
+        assert_int_equal(c->udp_max_size, 512);
+        assert_int_equal(c->udp_deny_ports.n, 2);
+        assert_int_equal(c->udp_deny_ports.items[1], 19);
+        ListenAddr ua[4];
+        assert_int_equal(config_udp_addresses(c, ua, 4), 2);
+        assert_true(ua[0].datagram && !ua[0].proxy);
         assert_true(c->max_bytes == UINT64_C(1099511627776));
         assert_true(c->proxy_protocol);
         assert_int_equal(c->proxy_trusted.n, 2);
