@@ -415,7 +415,7 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
                                  c->sandbox ? "true" : "false", strerror(-r));
                         reload_failed(m, what);
                         accept_abort(plan);
-                        udp_abort(udp_plan);
+                        udp_abort(m->udp, udp_plan);
                         sandbox_free(sandbox);
                         goto done;
                 }

@@ -468,7 +468,7 @@ int udp_prepare(Udp *u, const Config *c, UdpPlan **ret, char **ret_error) {
                         if (asprintf(ret_error, "cannot start the UDP workers' echod-spawner with sandbox = %s: %s",
                                      c->sandbox ? "true" : "false", strerror(-r)) < 0)
                                 *ret_error = NULL;
-                        udp_abort(p);
+                        udp_abort(u, p);
                         return r;
                 }
         }
@@ -476,11 +476,13 @@ int udp_prepare(Udp *u, const Config *c, UdpPlan **ret, char **ret_error) {
         return 0;
 }
 
-void udp_abort(UdpPlan *p) {
+void udp_abort(Udp *u, UdpPlan *p) {
         if (!p)
                 return;
         listeners_abort(&p->listeners);
-        /* a prepared spawner is retired unused by whoever prepared it: only ours here */
+        /* the spawner started in the new sandbox is retired unused; then its sandbox can go */
+        if (p->proc)
+                spawner_abort(u->spawner, p->proc);
         sandbox_free(p->sandbox);
         free(p);
 }

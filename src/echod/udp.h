@@ -52,7 +52,7 @@ int udp_prepare(Udp *u, const Config *c, UdpPlan **ret, char **ret_error);
 /* Cannot fail: sockets no longer configured are closed with their workers, new ones get a
  * worker, the kept ones' workers are sent the new policy. c must live until the next commit. */
 void udp_commit(Udp *u, UdpPlan *p, const Config *c);
-void udp_abort(UdpPlan *p);
+void udp_abort(Udp *u, UdpPlan *p);
 
 /* Stopping: every worker is told to stop (its channel closed) and no more are started. */
 void udp_stop(Udp *u);

@@ -441,6 +441,22 @@ def test_failed_reload_keeps_udp_wholly(echod_factory):
     assert status(e)["config"]["reload_failures"] == 1
 
 
+def test_reload_that_changes_the_sandbox_replaces_the_worker(echod_factory):
+    """sandbox = false (for strace or gdb) reaches the UDP worker too: a reload starts a new UDP
+    spawner in the new sandbox and a new worker from it, with the socket open throughout."""
+    port = free_port()
+    e = echod_factory(udp_config(f'"127.0.0.1:{port}"'))
+    old = wait_workers(e)[0]
+    e.write_config(udp_config(f'"127.0.0.1:{port}"', sandbox="false"))
+    e.reload()
+    wait_until(lambda: worker_pids(e) and worker_pids(e)[0] != old, 5, "a worker in the new sandbox")
+    pid = worker_pids(e)[0]
+    with open(f"/proc/{pid}/status") as f:
+        assert re.search(r"^Seccomp:\s+0$", f.read(), re.M)
+    assert roundtrip(("127.0.0.1", port), b"unsandboxed")[0] == b"unsandboxed"
+    e.wait_log(r"started a new echod-spawner \(pid \d+, sandbox off\)")
+
+
 def test_killed_worker_is_replaced_and_nothing_queued_is_lost(echod_factory):
     """SIGKILL the worker: the master keeps the socket open, so datagrams sent before its
     replacement runs wait in the socket's queue and are answered by the new worker."""
