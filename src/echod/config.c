@@ -14,92 +14,19 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "echod/config-keys.h"
 #include "echod/config-text.h"
 #include "echod/config-values.h"
 #include "shared/macro.h"
-
-/* One table holds every key: its type, default and range. Defaults live here and nowhere else. */
-typedef enum KeyType { KEY_UINT, KEY_U64, KEY_FLOAT, KEY_BOOL, KEY_STR, KEY_ENUM, KEY_LISTEN, KEY_CIDRS, KEY_PORTS } KeyType;
-
-typedef struct Key {
-        const char *name;
-        KeyType type;
-        long def_int;
-        const char *def_str; /* strings and enums; for lists the libconfuse list default */
-        double min, max;
-        size_t offset;
-        const char *const *values; /* KEY_ENUM: the accepted words, in enum order */
-        /* KEY_UINT: another limit that caps this one's default: left out of the file, this key is
-         * the smaller of def_int and the other; written, it is checked as written */
-        const char *def_capped_by;
-} Key;
-
-static const char *const at_capacity_values[] = { "refuse", "queue", NULL };
-
-#define KEY_NUM(n, t, d, lo, hi) { #n, t, d, NULL, lo, hi, offsetof(Config, n), NULL, NULL }
-#define KEY_UNSIGNED(n, d, lo, hi) KEY_NUM(n, KEY_UINT, d, lo, hi)
-#define KEY_UNSIGNED_CAPPED(n, d, lo, hi, other) { #n, KEY_UINT, d, NULL, lo, hi, offsetof(Config, n), NULL, #other }
-#define KEY_STRING(n, d) { #n, KEY_STR, 0, d, 0, 0, offsetof(Config, n), NULL, NULL }
-#define KEY_LIST(n, t, d) { #n, t, 0, d, 0, 0, offsetof(Config, n), NULL, NULL }
-#define KEY_FLAG(n, d) { #n, KEY_BOOL, d, NULL, 0, 1, offsetof(Config, n), NULL, NULL }
-
-static const Key keys[] = {
-        KEY_LIST(listen, KEY_LISTEN, "{\"0.0.0.0:7\", \"[::]:7\"}"),
-        KEY_UNSIGNED(backlog, 1024, 1, 65535),
-        KEY_UNSIGNED(max_connections, 512, 1, CONFIG_MAX_CONNECTIONS),
-        KEY_UNSIGNED_CAPPED(max_per_source, 64, 0, CONFIG_MAX_CONNECTIONS, max_connections),
-        KEY_UNSIGNED(source_prefix_v4, 32, 0, 32),
-        KEY_UNSIGNED(source_prefix_v6, 64, 0, 128),
-        { "at_capacity", KEY_ENUM, 0, "refuse", 0, 0, offsetof(Config, at_capacity), at_capacity_values, NULL },
-        KEY_UNSIGNED(queue_timeout, 10, 1, 3600),
-        KEY_NUM(connection_rate, KEY_FLOAT, 0, 0, 1e6),
-        KEY_UNSIGNED(connection_burst, 0, 0, 1000000),
-        KEY_NUM(per_source_rate, KEY_FLOAT, 0, 0, 1e6),
-        KEY_UNSIGNED(per_source_burst, 0, 0, 1000000),
-        KEY_LIST(allow, KEY_CIDRS, "{}"),
-        KEY_LIST(deny, KEY_CIDRS, "{}"),
-        KEY_UNSIGNED(idle_timeout, 300, 0, 31 * 24 * 3600),
-        KEY_UNSIGNED(stall_timeout, 60, 0, 31 * 24 * 3600),
-        KEY_UNSIGNED(max_session, 0, 0, 31 * 24 * 3600),
-        KEY_NUM(max_bytes, KEY_U64, 0, 0, 9.0e18),
-        KEY_FLAG(proxy_protocol, 0),
-        KEY_LIST(proxy_trusted, KEY_CIDRS, "{\"127.0.0.1/32\", \"::1/128\"}"),
-        KEY_UNSIGNED(proxy_timeout, 3, 1, 600),
-        KEY_FLAG(sandbox, 1),
-        KEY_UNSIGNED(shutdown_timeout, 10, 0, 3600),
-        KEY_STRING(user, "nobody"),
-        KEY_STRING(group, ""),
-        KEY_STRING(pidfile, "/run/echod.pid"),
-        KEY_STRING(control_socket, "/run/echod/control"),
-        KEY_FLAG(log_connections, 1),
-        KEY_LIST(listen_udp, KEY_LISTEN, "{}"),
-        KEY_NUM(udp_rate, KEY_FLOAT, 10, 0, 1e9),
-        KEY_UNSIGNED(udp_burst, 20, 0, 1000000000),
-        KEY_NUM(udp_byte_rate, KEY_FLOAT, 16384, 0, 1e12),
-        KEY_UNSIGNED(udp_byte_burst, 32768, 0, 2000000000),
-        KEY_NUM(udp_budget, KEY_FLOAT, 1000, 0, 1e9),
-        KEY_NUM(udp_byte_budget, KEY_FLOAT, 1048576, 0, 1e12),
-        KEY_UNSIGNED(udp_sources, 16384, 1, 1048576),
-        KEY_UNSIGNED(udp_max_size, 1472, 1, 65507),
-        /* echo, active users, daytime, qotd, chargen, time, DNS, TFTP, NTP: services that answer
-         * a datagram they cannot parse, so that two of them can loop (echod.conf(5)) */
-        KEY_LIST(udp_deny_ports, KEY_PORTS, "{7, 11, 13, 17, 19, 37, 53, 69, 123}"),
-};
 
 /* State of the one parse in progress (libconfuse is not reentrant anyway). */
 static struct {
         const char *path;
         const char *text; /* the comment-free file */
         char *error;      /* first error only: later ones are usually consequences */
-        int key_line[ELEMENTSOF(keys)];
+        int key_line[CONFIG_KEYS_MAX];
 } parse;
 
-static const Key *key_find(const char *name) {
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++)
-                if (streq(keys[i].name, name))
-                        return &keys[i];
-        return NULL;
-}
 
 _printf_(2, 3) static void parse_error_at(int line, const char *fmt, ...) {
         va_list ap;
@@ -201,7 +128,7 @@ static int validate_cidr(cfg_t *cfg, cfg_opt_t *opt, unsigned n) {
  * own parsing is replaced by these callbacks, which accept only an optional '-', digits without a
  * leading zero, and for floats a fraction and an exponent. */
 static int parse_int(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result) {
-        const Key *k = key_find(opt->name);
+        const Key *k = config_key_find(opt->name);
         long v;
 
         if (!value || !config_is_decimal(value, false)) {
@@ -225,7 +152,7 @@ static int parse_int(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result
 }
 
 static int parse_float(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result) {
-        const Key *k = key_find(opt->name);
+        const Key *k = config_key_find(opt->name);
         double v;
 
         if (!value || !config_is_decimal(value, true)) {
@@ -249,12 +176,12 @@ static int parse_float(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *resu
 }
 
 static int validate_key(cfg_t *cfg, cfg_opt_t *opt) {
-        const Key *k = key_find(opt->name);
+        const Key *k = config_key_find(opt->name);
         unsigned n = cfg_opt_size(opt);
 
         if (!k)
                 return 0;
-        parse.key_line[k - keys] = cfg->line;
+        parse.key_line[k - config_keys] = cfg->line;
         if (n == 0)
                 return 0;
 
@@ -362,8 +289,8 @@ static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
 
         if (!c || !(c->path = strdup(path)))
                 return -ENOMEM;
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
-                const Key *k = &keys[i];
+        for (size_t i = 0; i < config_n_keys; i++) {
+                const Key *k = &config_keys[i];
                 void *field = (char *) c + k->offset;
 
                 switch (k->type) {
@@ -427,10 +354,10 @@ static int config_from_cfg(cfg_t *cfg, const char *path, Config **ret) {
 }
 
 static int key_line(const char *name) {
-        const Key *k = key_find(name);
+        const Key *k = config_key_find(name);
         if (!k)
                 return 0;
-        return parse.key_line[k - keys] > 0 ? parse.key_line[k - keys] : config_text_find_assignment(parse.text, name);
+        return parse.key_line[k - config_keys] > 0 ? parse.key_line[k - config_keys] : config_text_find_assignment(parse.text, name);
 }
 
 /* The one place where a default yields to what the file says: a key with def_capped_by that the
@@ -439,12 +366,12 @@ static int key_line(const char *name) {
  * the user never wrote, and -T shows the value in force. What the file writes, the default
  * included, is left as written, for config_check. */
 static void config_apply_defaults(Config *c) {
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
-                const Key *k = &keys[i];
+        for (size_t i = 0; i < config_n_keys; i++) {
+                const Key *k = &config_keys[i];
                 if (!k->def_capped_by || parse.key_line[i] > 0)
                         continue;
                 unsigned *field = (unsigned *) ((char *) c + k->offset);
-                const Key *o = key_find(k->def_capped_by);
+                const Key *o = config_key_find(k->def_capped_by);
                 unsigned other = *(const unsigned *) ((const char *) c + o->offset);
                 *field = MIN((unsigned) k->def_int, other);
         }
@@ -531,7 +458,7 @@ static int config_check(const Config *c) {
 }
 
 int config_load(const char *path, Config **ret, char **ret_error) {
-        cfg_opt_t opts[ELEMENTSOF(keys) + 1];
+        cfg_opt_t opts[CONFIG_KEYS_MAX + 1];
         _cleanup_(freep) char *buf = NULL;
         _cleanup_(config_freep) Config *c = NULL;
         cfg_t *cfg;
@@ -549,8 +476,8 @@ int config_load(const char *path, Config **ret, char **ret_error) {
         config_text_strip_comments(buf);
         parse.text = buf;
 
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
-                const Key *k = &keys[i];
+        for (size_t i = 0; i < config_n_keys; i++) {
+                const Key *k = &config_keys[i];
                 switch (k->type) {
                 case KEY_UINT:
                 case KEY_U64:
@@ -575,7 +502,7 @@ int config_load(const char *path, Config **ret, char **ret_error) {
                         break;
                 }
         }
-        opts[ELEMENTSOF(keys)] = (cfg_opt_t) CFG_END();
+        opts[config_n_keys] = (cfg_opt_t) CFG_END();
 
         cfg = cfg_init(opts, CFGF_NONE);
         if (!cfg) {
@@ -583,8 +510,8 @@ int config_load(const char *path, Config **ret, char **ret_error) {
                 goto fail;
         }
         cfg_set_error_function(cfg, confuse_error);
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++)
-                cfg_set_validate_func(cfg, keys[i].name, validate_key);
+        for (size_t i = 0; i < config_n_keys; i++)
+                cfg_set_validate_func(cfg, config_keys[i].name, validate_key);
 
         r = cfg_parse_buf(cfg, buf);
         if (r == CFG_SUCCESS)
@@ -616,82 +543,6 @@ fail:
                 free(parse.error);
         parse.error = NULL;
         return r;
-}
-
-/* A double-quoted string that libconfuse reads back as s: '"' and '\' escaped, and '$' too
- * (libconfuse expands "${VAR}" inside double quotes; "\$" is a literal '$'); control characters
- * as \xHH, so the dump is one line per key. */
-static void dump_string(FILE *f, const char *s) {
-        fputc('"', f);
-        for (; *s; s++) {
-                unsigned char ch = (unsigned char) *s;
-                if (ch == '"' || ch == '\\' || ch == '$')
-                        fprintf(f, "\\%c", ch);
-                else if (ch < 0x20 || ch == 0x7f)
-                        fprintf(f, "\\x%02x", ch);
-                else
-                        fputc(ch, f);
-        }
-        fputc('"', f);
-}
-
-void config_dump(const Config *c, FILE *f) {
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
-                const Key *k = &keys[i];
-                const void *field = (const char *) c + k->offset;
-
-                fprintf(f, "%s = ", k->name);
-                switch (k->type) {
-                case KEY_UINT:
-                        fprintf(f, "%u", *(const unsigned *) field);
-                        break;
-                case KEY_U64:
-                        fprintf(f, "%llu", (unsigned long long) *(const uint64_t *) field);
-                        break;
-                case KEY_FLOAT:
-                        fprintf(f, "%.15g", *(const double *) field);
-                        break;
-                case KEY_BOOL:
-                        fputs(*(const bool *) field ? "true" : "false", f);
-                        break;
-                case KEY_ENUM:
-                        dump_string(f, k->values[*(const int *) field]);
-                        break;
-                case KEY_STR:
-                        dump_string(f, *(char *const *) field);
-                        break;
-                case KEY_LISTEN: {
-                        const ListenList *l = field;
-                        fputc('{', f);
-                        for (unsigned j = 0; j < l->n; j++) {
-                                fputs(j ? ", " : "", f);
-                                dump_string(f, l->items[j].text);
-                        }
-                        fputc('}', f);
-                        break;
-                }
-                case KEY_PORTS: {
-                        const PortList *l = field;
-                        fputc('{', f);
-                        for (unsigned j = 0; j < l->n; j++)
-                                fprintf(f, "%s%u", j ? ", " : "", l->items[j]);
-                        fputc('}', f);
-                        break;
-                }
-                case KEY_CIDRS: {
-                        const CidrList *l = field;
-                        fputc('{', f);
-                        for (unsigned j = 0; j < l->n; j++) {
-                                char p[IPADDR_STR_MAX];
-                                fputs(j ? ", " : "", f);
-                                dump_string(f, ipaddr_format_prefix(&l->items[j], p));
-                        }
-                        fputc('}', f);
-                        break;
-                }
-                }
-                fputc('\n', f);
-        }
 }
 
 static unsigned addresses(const ListenList *l, bool proxy, bool datagram, ListenAddr *out, unsigned max) {

@@ -29,6 +29,18 @@ static void limits_from_config(const Config *c, unsigned share, UdpLimits *l) {
 }
 
 /* The local interfaces' IPv4 broadcast addresses, read afresh for every policy. */
+/* An address added without one ("ip addr add 10.1.1.1/24 dev X", no "brd") has no broadcast
+ * address, and getifaddrs() then reports the address itself in ifa_broadaddr: that is a unicast
+ * address of ours, not a broadcast one. */
+static bool is_broadcast_entry(const struct ifaddrs *i) {
+        const struct sockaddr_in *addr = (const struct sockaddr_in *) i->ifa_addr;
+        const struct sockaddr_in *brd = (const struct sockaddr_in *) i->ifa_broadaddr;
+
+        if (!(i->ifa_flags & IFF_BROADCAST) || !brd || brd->sin_family != AF_INET)
+                return false;
+        return !(addr && addr->sin_family == AF_INET && addr->sin_addr.s_addr == brd->sin_addr.s_addr);
+}
+
 static unsigned broadcast_addresses(IpAddr *out, unsigned max) {
         struct ifaddrs *ifa = NULL;
         unsigned n = 0;
@@ -36,8 +48,7 @@ static unsigned broadcast_addresses(IpAddr *out, unsigned max) {
         if (getifaddrs(&ifa) < 0)
                 return 0;
         for (struct ifaddrs *i = ifa; i && n < max; i = i->ifa_next)
-                if ((i->ifa_flags & IFF_BROADCAST) && i->ifa_broadaddr && i->ifa_broadaddr->sa_family == AF_INET &&
-                    ipaddr_from_sockaddr(i->ifa_broadaddr, sizeof(struct sockaddr_in), &out[n]) >= 0)
+                if (is_broadcast_entry(i) && ipaddr_from_sockaddr(i->ifa_broadaddr, sizeof(struct sockaddr_in), &out[n]) >= 0)
                         n++;
         freeifaddrs(ifa);
         return n;
