@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from conftest import ECHOD, base_config, free_port, need, proc_comm, sanitized, wait_until
 import syscall_inject
+import udp_tools
 
 
 def udp_config(listen_udp='"127.0.0.1:0"', **keys):
@@ -279,20 +279,8 @@ def test_reflector_ports_are_never_answered(echod_factory):
 
 def raw_udp(src, sport, dst, dport, payload):
     """An IPv4 UDP datagram with any source (port 0 included), sent on a raw socket."""
-    def csum(b):
-        if len(b) % 2:
-            b += b"\0"
-        s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-        s = (s >> 16) + (s & 0xFFFF)
-        s += s >> 16
-        return ~s & 0xFFFF
-    ulen = 8 + len(payload)
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, ulen)
-    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
-    udp = udp[:6] + struct.pack("!H", csum(pseudo + udp) or 0xFFFF) + udp[8:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as r:
-        r.sendto(ip + udp, (dst, 0))
+        r.sendto(udp_tools.udp4_packet(src, sport, dst, dport, payload), (dst, 0))
 
 
 def test_source_port_zero_and_broadcast_sources(echod_factory):
