@@ -63,6 +63,15 @@ static int send_policy(Worker *w) {
         return udp_channel_send_policy(w->ctl, w->owner->config, MAX(w->owner->n, 1u), w->owner->generation);
 }
 
+/* A worker no one wants any more (its channel is closed: it exits): waited for, not replaced. */
+static void leaving_add(Udp *u, pid_t pid) {
+        Leaving *l = calloc(1, sizeof(Leaving));
+
+        if (l) {
+                *l = (Leaving) { .pid = pid, .next = u->leaving };
+                u->leaving = l;
+        }
+}
 
 static int on_ctl(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Worker *w = userdata;
@@ -163,13 +172,8 @@ static void worker_detach(Worker *w) {
         w->io = sd_event_source_disable_unref(w->io);
         w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
         w->ctl = safe_close(w->ctl);
-        if (w->pid > 0) {
-                Leaving *l = calloc(1, sizeof(Leaving));
-                if (l) {
-                        *l = (Leaving) { .pid = w->pid, .next = u->leaving };
-                        u->leaving = l;
-                }
-        }
+        if (w->pid > 0)
+                leaving_add(u, w->pid);
         w->pid = 0;
         w->killed = false;
         w->last = (UdpCounters) { 0 };
@@ -268,7 +272,13 @@ static void on_started(void *userdata, int slot, pid_t pid, unsigned spawner) {
         if (!w)
                 return;
         w->theirs = safe_close(w->theirs);
-        w->pid = pid;
+        /* forked after its channel was closed (a stop, a replacement): it exits at once, and the
+         * replacement that waited for this hand-off starts now (not while stopping) */
+        if (w->ctl < 0) {
+                leaving_add(w->owner, pid);
+                worker_start(w);
+        } else
+                w->pid = pid;
 }
 
 static void on_failed(void *userdata, int slot, int error) {
