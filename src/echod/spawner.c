@@ -18,6 +18,7 @@
 
 #include "build-config.h"
 #include "echod/spawn-proto.h"
+#include "shared/io.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
@@ -204,20 +205,7 @@ static void deadline_start(Spawner *s) {
 
 /* Send one hand-off. Returns 0, -EAGAIN (later) or another -errno. */
 static int send_connection(SpawnerProc *p, Handoff *h) {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control = { 0 };
-        struct iovec iov = { .iov_base = &h->req, .iov_len = sizeof(h->req) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
-                             .msg_controllen = sizeof(control) };
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &h->fd, sizeof(int));
-        return sendmsg(p->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
+        return send_with_fd(p->fd, &h->req, sizeof(h->req), h->fd);
 }
 
 static void update_io(SpawnerProc *p) {

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "echod/udp-policy.h"
+#include "shared/io.h"
 #include "shared/macro.h"
 
 static void limits_from_config(const Config *c, unsigned share, UdpLimits *l) {
@@ -122,20 +123,8 @@ void udp_totals_add(UdpTotals *t, const UdpCounters *old, const UdpCounters *c) 
 }
 
 int udp_channel_send_socket(int ctl, int fd) {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control = { 0 };
         UdpSocketMsg m = { .type = UDP_MSG_SOCKET };
-        struct iovec iov = { .iov_base = &m, .iov_len = sizeof(m) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
-                             .msg_controllen = sizeof(control) };
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
 
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-        return sendmsg(ctl, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
+        return send_with_fd(ctl, &m, sizeof(m), fd);
 }
 

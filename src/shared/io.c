@@ -1,8 +1,10 @@
-/* Full reads and writes that survive partial transfers and EINTR. */
+/* Full reads and writes that survive partial transfers and EINTR; passing a descriptor. */
 #include "shared/io.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "shared/macro.h"
@@ -51,4 +53,21 @@ int fd_set_nonblock(int fd, int nonblock) {
         if (nflags != flags && fcntl(fd, F_SETFL, nflags) < 0)
                 return negative_errno();
         return 0;
+}
+
+int send_with_fd(int sock, const void *buf, size_t len, int fd) {
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = { 0 };
+        struct iovec iov = { .iov_base = (void *) buf, .iov_len = len };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                             .msg_controllen = sizeof(control) };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+        return sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? -errno : 0;
 }

@@ -1,4 +1,4 @@
-/* Full reads and writes that survive partial transfers and EINTR. */
+/* Full reads and writes that survive partial transfers and EINTR; passing a descriptor. */
 #pragma once
 
 #include <stddef.h>
@@ -9,6 +9,10 @@ int write_full(int fd, const void *buf, size_t len);
 
 /* Read until len bytes or EOF. Returns bytes read (short only at EOF) or -errno. */
 ssize_t read_full(int fd, void *buf, size_t len);
+
+/* One message of len bytes carrying fd (SCM_RIGHTS), without blocking or SIGPIPE. Returns 0 or
+ * -errno (-EAGAIN: the socket is full). */
+int send_with_fd(int sock, const void *buf, size_t len, int fd);
 
 /* Set or clear O_NONBLOCK. Returns 0 or -errno. */
 int fd_set_nonblock(int fd, int nonblock);
