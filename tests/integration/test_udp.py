@@ -3,6 +3,8 @@ address asked, and never a reflector: ACL, reflector ports, port 0, per-source a
 buckets, size; drops counted by reason in status and the log; reload without a gap, a crashed
 worker replaced, SIGTERM, socket activation. Network-namespace scenarios (spoofed floods, loops,
 multi-homed hosts) are in test_udp_netns.py."""
+import glob
+import hashlib
 import json
 import os
 import re
@@ -21,7 +23,20 @@ import udp_tools
 
 def udp_config(listen_udp='"127.0.0.1:0"', **keys):
     keys.setdefault("listen_udp", "{" + listen_udp + "}")
+    # a control socket of the test's own (the same through its reloads): `echod status` must ask
+    # this echod, whatever else runs here
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    tag = hashlib.sha1(test.encode()).hexdigest()[:12]
+    keys.setdefault("control_socket", f'"/run/echod-test-udp-{os.getpid()}-{tag}.sock"')
     return base_config(**keys)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_control_sockets():
+    """echod, running as nobody, cannot remove its socket from /run: we do."""
+    yield
+    for path in glob.glob(f"/run/echod-test-udp-{os.getpid()}-*.sock"):
+        os.unlink(path)
 
 
 def status(e, fmt="json"):
@@ -123,7 +138,7 @@ def test_udp_is_opt_in(echod_factory):
     with open(os.path.join(os.path.dirname(__file__), "../../conf/echod.conf")) as f:
         shipped = f.read()
     assert re.search(r"^listen_udp = \{\}", shipped, re.M), "the shipped config must show listen_udp empty"
-    e = echod_factory()
+    e = echod_factory(udp_config(""))
     assert status(e)["udp"]["listeners"] == []
     assert "listening on UDP" not in e.log()
     assert worker_pids(e) == []
