@@ -12,11 +12,11 @@
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
-int net_resolve(const char *host, const char *port, int family, Target *ret, int *ret_gai) {
+int net_resolve(const char *host, const char *port, int family, bool udp, Target *ret, int *ret_gai) {
         struct addrinfo hints = {
                 .ai_family = family,
-                .ai_socktype = SOCK_STREAM,
-                .ai_protocol = IPPROTO_TCP,
+                .ai_socktype = udp ? SOCK_DGRAM : SOCK_STREAM,
+                .ai_protocol = udp ? IPPROTO_UDP : IPPROTO_TCP,
         };
         struct addrinfo *res = NULL;
         int r;

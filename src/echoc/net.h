@@ -1,6 +1,7 @@
 /* echoc's network set-up: resolve HOST [PORT], connect with a timeout, describe endpoints. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -15,9 +16,9 @@ typedef struct Target {
         IpAddr addrs[TARGET_ADDRS_MAX];
 } Target;
 
-/* getaddrinfo(host, port) for TCP, limited to family (AF_UNSPEC for both). Returns 0, or
- * -EHOSTUNREACH with *ret_gai set to the getaddrinfo error (for gai_strerror). */
-int net_resolve(const char *host, const char *port, int family, Target *ret, int *ret_gai);
+/* getaddrinfo(host, port) for TCP (udp false) or UDP, limited to family (AF_UNSPEC for both).
+ * Returns 0, or -EHOSTUNREACH with *ret_gai set to the getaddrinfo error (for gai_strerror). */
+int net_resolve(const char *host, const char *port, int family, bool udp, Target *ret, int *ret_gai);
 
 /* Non-blocking CLOEXEC TCP socket connected to a within timeout_usec (0 = no limit), TCP_NODELAY
  * set. Returns the fd (still non-blocking) or -errno: -ETIMEDOUT, -ECONNREFUSED, -EINTR (a signal
