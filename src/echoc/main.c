@@ -162,10 +162,6 @@ static int check_udp(Parsed *p) {
                 report_error("%s is for TCP only; it does not combine with --udp", p->tcp_only);
                 return -EINVAL;
         }
-        if (p->window_set && !p->load_opt) {
-                report_error("--window is for --udp --load");
-                return -EINVAL;
-        }
         if (o->size < UDP_HEADER_SIZE || o->size > UDP_PAYLOAD_MAX) {
                 report_error("with --udp, -s must be %u to %u bytes (the probe header is %u)", UDP_HEADER_SIZE,
                              UDP_PAYLOAD_MAX, UDP_HEADER_SIZE);

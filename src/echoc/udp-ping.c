@@ -188,6 +188,7 @@ static int ping_loop(UdpPing *p) {
                 uint64_t now = now_usec();
                 bool past_deadline = deadline > 0 && now >= deadline;
 
+                on_timeouts(p, now * 1000u);
                 if (sending && ((o->count > 0 && p->ledger.next >= o->count) || echoc_interrupted || past_deadline))
                         sending = false;
                 if (!sending && (p->ledger.outstanding == 0 || echoc_interrupted > 1 || past_deadline))
@@ -199,8 +200,6 @@ static int ping_loop(UdpPing *p) {
                         next = MAX(next + o->interval_usec, now);
                         continue;
                 }
-                on_timeouts(p, now * 1000u);
-
                 uint64_t wake = deadline, expiry = udp_ledger_next_expiry(&p->ledger);
                 if (sending)
                         wake = wake > 0 ? MIN(wake, next) : next;
