@@ -86,8 +86,9 @@ int load_run(Session *s);
 int udp_ping_run(Session *s);
 int udp_load_run(Session *s);
 
-/* Connect to the target's addresses in turn (each within -W). Returns the fd and fills
- * s->local/remote, or -errno with s->error naming every address that failed. */
+/* Connect to the target's addresses in turn (TCP: each within -W; UDP: a connected datagram
+ * socket, see net_udp_connect()). Returns the fd and fills s->local/remote, or -errno with
+ * s->error naming every address that failed. */
 int session_connect(Session *s);
 
 /* The PROXY header for a connection from local to remote, honouring --proxy-source.

@@ -369,7 +369,10 @@ int session_connect(Session *s) {
 
         s->error[0] = 0;
         for (size_t i = 0; i < s->target.n_addrs; i++) {
-                r = net_connect(&s->target.addrs[i], s->opts->timeout_usec);
+                const IpAddr *a = &s->target.addrs[i];
+
+                /* UDP: connect() sends nothing; it fails only where there is no route */
+                r = s->opts->udp ? net_udp_connect(a) : net_connect(a, s->opts->timeout_usec);
                 if (r >= 0) {
                         (void) net_endpoints(r, &s->local, &s->remote);
                         s->connected = true;
@@ -377,9 +380,9 @@ int session_connect(Session *s) {
                         return r;
                 }
                 if (len < sizeof(s->error))
-                        len += (size_t) snprintf(s->error + len, sizeof(s->error) - len, "%sconnect to %s: %s",
-                                                 len > 0 ? "; " : "", ipaddr_format_endpoint(&s->target.addrs[i], buf),
-                                                 strerror(-r));
+                        len += (size_t) snprintf(s->error + len, sizeof(s->error) - len, "%s%s %s: %s",
+                                                 len > 0 ? "; " : "", s->opts->udp ? "UDP socket for" : "connect to",
+                                                 ipaddr_format_endpoint(&s->target.addrs[i], buf), strerror(-r));
                 if (r == -EINTR)
                         break;
         }

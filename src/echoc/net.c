@@ -1,4 +1,5 @@
-/* echoc's network set-up: getaddrinfo, non-blocking connect with a timeout, endpoint lookup. */
+/* echoc's network set-up: getaddrinfo, non-blocking connect with a timeout, connected UDP sockets,
+ * endpoint lookup. */
 #include "echoc/net.h"
 
 #include <errno.h>
@@ -76,6 +77,19 @@ int net_connect_start(const IpAddr *a) {
                 return negative_errno();
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (connect(fd, &sa.sa, len) < 0 && errno != EINPROGRESS)
+                return negative_errno();
+        return TAKE_FD(fd);
+}
+
+int net_udp_connect(const IpAddr *a) {
+        _cleanup_(closep) int fd = -1;
+        SockAddr sa;
+        socklen_t len = ipaddr_to_sockaddr(a, &sa);
+
+        fd = socket(a->family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
+        if (fd < 0)
+                return negative_errno();
+        if (connect(fd, &sa.sa, len) < 0)
                 return negative_errno();
         return TAKE_FD(fd);
 }

@@ -1,4 +1,4 @@
-/* echoc's network set-up: resolve HOST [PORT], connect with a timeout, describe endpoints. */
+/* echoc's network set-up: resolve HOST [PORT], connect (TCP with a timeout, UDP), describe endpoints. */
 #pragma once
 
 #include <stdbool.h>
@@ -24,6 +24,10 @@ int net_resolve(const char *host, const char *port, int family, bool udp, Target
  * set. Returns the fd (still non-blocking) or -errno: -ETIMEDOUT, -ECONNREFUSED, -EINTR (a signal
  * arrived while waiting) and so on. */
 int net_connect(const IpAddr *a, uint64_t timeout_usec);
+
+/* A non-blocking CLOEXEC UDP socket connect()ed to a: only a's datagrams arrive, and an ICMP
+ * port unreachable comes back as ECONNREFUSED. Returns the fd or -errno. */
+int net_udp_connect(const IpAddr *a);
 
 /* Start a non-blocking connect; returns the fd (connect in progress or done) or -errno. */
 int net_connect_start(const IpAddr *a);

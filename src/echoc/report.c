@@ -110,23 +110,19 @@ void report_json_start(JsonWriter *j, const Session *s) {
                 json_sec_or_null(j, "deadline", o->deadline_usec);
                 if (!o->udp)
                         json_bool(j, "connect_per_probe", o->connect_per_probe);
-        } else if (o->mode == MODE_LOAD && o->udp) {
-                json_u64(j, "size", o->size);
-                json_double(j, "duration", usec_to_sec(o->duration_usec));
-                if (o->rate > 0)
-                        json_u64(j, "rate", o->rate);
-                else
-                        json_null(j, "rate");
-                json_u64(j, "window", o->window);
         } else if (o->mode == MODE_LOAD) {
                 json_u64(j, "size", o->size);
-                json_u64(j, "connections", o->connections);
+                if (!o->udp)
+                        json_u64(j, "connections", o->connections);
                 json_double(j, "duration", usec_to_sec(o->duration_usec));
-                if (o->rate > 0)
+                if (o->rate > 0) /* TCP: new connections/s; UDP: datagrams/s */
                         json_u64(j, "rate", o->rate);
                 else
                         json_null(j, "rate");
-                json_bool(j, "persistent", o->persistent);
+                if (o->udp)
+                        json_u64(j, "window", o->window);
+                else
+                        json_bool(j, "persistent", o->persistent);
         }
         json_object_close(j);
         json_object_close(j);

@@ -18,6 +18,7 @@
 #include "echoc/report.h"
 #include "echoc/udp.h"
 #include "shared/macro.h"
+#include "shared/mem.h"
 #include "shared/timeutil.h"
 
 #define BATCH 64u
@@ -37,10 +38,6 @@ typedef struct UdpLoad {
         struct iovec siov[BATCH], riov[BATCH];
         struct mmsghdr smsg[BATCH], rmsg[BATCH];
 } UdpLoad;
-
-static bool is_icmp_error(int err) {
-        return err == -ECONNREFUSED || err == -EHOSTUNREACH || err == -ENETUNREACH;
-}
 
 /* How many may be sent now: the window's room, the rate's allowance, one batch at most. */
 static unsigned load_allowance(const UdpLoad *l, uint64_t now) {
@@ -74,7 +71,7 @@ static int load_send(UdpLoad *l, unsigned count) {
                         l->blocked = true;
                         return 0;
                 }
-                if (is_icmp_error(err)) {
+                if (udp_icmp_error(err)) {
                         /* an earlier datagram's ICMP error; this batch was not sent */
                         l->ledger.st.refused += err == -ECONNREFUSED;
                         return 0;
@@ -97,7 +94,7 @@ static int load_receive(UdpLoad *l) {
                                 return total;
                         if (err == -EINTR)
                                 continue;
-                        if (!is_icmp_error(err))
+                        if (!udp_icmp_error(err))
                                 return err;
                         l->ledger.st.refused += err == -ECONNREFUSED;
                         continue;
@@ -119,14 +116,8 @@ static void load_tick(UdpLoad *l, uint64_t now, bool progress) {
         UdpResult *r = &l->res;
 
         l->cur.end = (double) (now - l->start_usec) / 1e6;
-        if (r->n_intervals == r->n_allocated_intervals) {
-                size_t n = MAX(r->n_allocated_intervals * 2, (size_t) 16);
-                UdpInterval *q = reallocarray(r->intervals, n, sizeof(*q));
-                if (!q)
-                        return;
-                r->intervals = q;
-                r->n_allocated_intervals = n;
-        }
+        if (mem_grow(&r->intervals, &r->n_allocated_intervals, r->n_intervals + 1, sizeof(UdpInterval)) < 0)
+                return;
         r->intervals[r->n_intervals++] = l->cur;
         if (progress) {
                 r->st = l->ledger.st;
@@ -193,10 +184,9 @@ int udp_load_run(Session *s) {
         _cleanup_(closep) int fd = -1;
         _cleanup_(freep) uint8_t *sbuf = NULL, *rbuf = NULL;
         _cleanup_(freep) UdpLoad *l = NULL;
-        char ebuf[IPADDR_STR_MAX];
         int status, r, size = SOCKET_BUFFER;
 
-        fd = udp_session_connect(s);
+        fd = session_connect(s);
         if (fd < 0)
                 return report_failure(s, EXIT_ERROR);
         (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
@@ -228,19 +218,7 @@ int udp_load_run(Session *s) {
         udp_ledger_finish(&l->ledger);
         l->res.st = l->ledger.st;
 
-        if (r < 0) {
-                snprintf(s->error, sizeof(s->error), "%s %s: %s", r == -ENOMEM ? "memory for" : "datagrams to",
-                         ipaddr_format_endpoint(&s->remote, ebuf), strerror(-r));
-                status = EXIT_ERROR;
-        } else if (l->res.st.received > 0 && l->res.st.lost == 0 && l->res.st.corrupted == 0)
-                status = EXIT_INTACT;
-        else
-                status = EXIT_MISMATCH;
-        if (r >= 0 && l->res.st.refused > 0)
-                snprintf(s->error, sizeof(s->error), "%s: %s (ICMP port unreachable) %llu times",
-                         ipaddr_format_endpoint(&s->remote, ebuf), strerror(ECONNREFUSED),
-                         (unsigned long long) l->res.st.refused);
-        status = report_udp_end(s, &l->res, status);
+        status = report_udp_end(s, &l->res, udp_verdict(s, &l->res.st, r));
         udp_ledger_done(&l->ledger);
         free(l->res.intervals);
         return status;

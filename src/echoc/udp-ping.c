@@ -17,6 +17,7 @@
 #include "echoc/report.h"
 #include "echoc/udp.h"
 #include "shared/macro.h"
+#include "shared/mem.h"
 #include "shared/timeutil.h"
 
 typedef struct UdpPing {
@@ -31,14 +32,8 @@ typedef struct UdpPing {
 static int probe_append(UdpPing *p) {
         UdpResult *r = &p->res;
 
-        if (r->n_probes == r->n_allocated) {
-                size_t n = MAX(r->n_allocated * 2, (size_t) 64);
-                Probe *q = reallocarray(r->probes, n, sizeof(Probe));
-                if (!q)
-                        return -ENOMEM;
-                r->probes = q;
-                r->n_allocated = n;
-        }
+        if (mem_grow(&r->probes, &r->n_allocated, r->n_probes + 1, sizeof(Probe)) < 0)
+                return -ENOMEM;
         r->probes[r->n_probes] = (Probe) {
                 .seq = r->n_probes,
                 .status = PROBE_TIMEOUT, /* until something comes back */
@@ -65,10 +60,6 @@ static void on_icmp_error(UdpPing *p, int err) {
         report_ping_probe(p->s, pr);
 }
 
-static bool is_icmp_error(int err) {
-        return err == -ECONNREFUSED || err == -EHOSTUNREACH || err == -ENETUNREACH;
-}
-
 /* Send the next probe. Returns 0, or -errno for a local error that ends the run. */
 static int ping_send(UdpPing *p) {
         uint64_t now = udp_now_ns();
@@ -83,7 +74,7 @@ static int ping_send(UdpPing *p) {
                 if (err == -EINTR)
                         continue;
                 /* an error pending from an earlier probe's ICMP: that probe's answer */
-                if (is_icmp_error(err) && tries < 4) {
+                if (udp_icmp_error(err) && tries < 4) {
                         on_icmp_error(p, err);
                         continue;
                 }
@@ -161,7 +152,7 @@ static int ping_receive(UdpPing *p) {
                                 return 0;
                         if (err == -EINTR)
                                 continue;
-                        if (!is_icmp_error(err))
+                        if (!udp_icmp_error(err))
                                 return err;
                         on_icmp_error(p, err);
                         continue;
@@ -225,7 +216,7 @@ int udp_ping_run(Session *s) {
         UdpPing p = { .s = s, .o = o };
         int status, r;
 
-        fd = udp_session_connect(s);
+        fd = session_connect(s);
         if (fd < 0)
                 return report_failure(s, EXIT_ERROR);
         sbuf = malloc(o->size);
@@ -243,20 +234,7 @@ int udp_ping_run(Session *s) {
         udp_ledger_finish(&p.ledger);
         p.res.st = p.ledger.st;
 
-        char ebuf[IPADDR_STR_MAX];
-        if (r < 0) {
-                snprintf(s->error, sizeof(s->error), "%s %s: %s", r == -ENOMEM ? "memory for" : "send to",
-                         ipaddr_format_endpoint(&s->remote, ebuf), strerror(-r));
-                status = EXIT_ERROR;
-        } else if (p.res.st.sent > 0 && p.res.st.received == p.res.st.sent && p.res.st.corrupted == 0)
-                status = EXIT_INTACT;
-        else
-                status = EXIT_MISMATCH;
-        if (r >= 0 && p.res.st.refused > 0)
-                snprintf(s->error, sizeof(s->error), "%s: %s (ICMP port unreachable) for %llu of %llu probes",
-                         ipaddr_format_endpoint(&s->remote, ebuf), strerror(ECONNREFUSED),
-                         (unsigned long long) p.res.st.refused, (unsigned long long) p.res.st.sent);
-        status = report_udp_end(s, &p.res, status);
+        status = report_udp_end(s, &p.res, udp_verdict(s, &p.res.st, r));
         udp_ledger_done(&p.ledger);
         free(p.res.probes);
         return status;

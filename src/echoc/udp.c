@@ -1,4 +1,4 @@
-/* UDP echo, shared by ping and load: payload codec, connected socket, reply ledger. */
+/* UDP echo, shared by ping and load: payload codec, reply ledger. */
 #include "echoc/udp.h"
 
 #include <endian.h>
@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include "shared/macro.h"
@@ -76,39 +75,24 @@ size_t udp_payload_diff(const uint8_t *buf, size_t len, size_t size, uint64_t se
         return n;
 }
 
-static int udp_connect(const IpAddr *a) {
-        _cleanup_(closep) int fd = -1;
-        SockAddr sa;
-        socklen_t len = ipaddr_to_sockaddr(a, &sa);
-
-        fd = socket(a->family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
-        if (fd < 0)
-                return negative_errno();
-        if (connect(fd, &sa.sa, len) < 0)
-                return negative_errno();
-        return TAKE_FD(fd);
+bool udp_icmp_error(int err) {
+        return err == -ECONNREFUSED || err == -EHOSTUNREACH || err == -ENETUNREACH;
 }
 
-int udp_session_connect(Session *s) {
+int udp_verdict(Session *s, const UdpStats *st, int r) {
         char buf[IPADDR_STR_MAX];
-        size_t len = 0;
-        int r = -EHOSTUNREACH;
 
-        /* connect() on a UDP socket sends nothing: it fails only where there is no route */
-        for (size_t i = 0; i < s->target.n_addrs; i++) {
-                r = udp_connect(&s->target.addrs[i]);
-                if (r >= 0) {
-                        (void) net_endpoints(r, &s->local, &s->remote);
-                        s->connected = true;
-                        s->error[0] = 0;
-                        return r;
-                }
-                if (len < sizeof(s->error))
-                        len += (size_t) snprintf(s->error + len, sizeof(s->error) - len, "%sUDP socket for %s: %s",
-                                                 len > 0 ? "; " : "", ipaddr_format_endpoint(&s->target.addrs[i], buf),
-                                                 strerror(-r));
+        ipaddr_format_endpoint(&s->remote, buf);
+        if (r < 0) {
+                snprintf(s->error, sizeof(s->error), "%s %s: %s", r == -ENOMEM ? "memory for" : "datagrams to", buf,
+                         strerror(-r));
+                return EXIT_ERROR;
         }
-        return r;
+        if (st->refused > 0)
+                snprintf(s->error, sizeof(s->error), "%s: %s (ICMP port unreachable), %llu times for %llu datagrams",
+                         buf, strerror(ECONNREFUSED), (unsigned long long) st->refused, (unsigned long long) st->sent);
+        /* duplicates, reordering, late and stray replies are reported, not failures */
+        return st->sent > 0 && st->received == st->sent && st->corrupted == 0 ? EXIT_INTACT : EXIT_MISMATCH;
 }
 
 /* ---- ledger ---- */

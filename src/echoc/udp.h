@@ -1,5 +1,5 @@
 /* UDP echo (RFC 862 over UDP), the part ping and load share: the probe payload (layout, filler,
- * verification), the connected socket, and the ledger that classifies every reply (intact,
+ * verification), and the ledger that classifies every reply (intact,
  * duplicate, reordered, corrupted, stray) and keeps the counts and round-trip times.
  *
  * Payload, all integers big-endian:
@@ -30,10 +30,12 @@ void udp_payload_fill(uint8_t *buf, size_t size, uint64_t session, uint64_t seq,
  * prefix of the other). */
 size_t udp_payload_diff(const uint8_t *buf, size_t len, size_t size, uint64_t session, uint64_t seq, uint64_t sent_ns);
 
-/* A non-blocking CLOEXEC UDP socket connect()ed to the first of the target's addresses that
- * takes it, so that only its datagrams arrive and an ICMP port unreachable comes back as
- * ECONNREFUSED. Fills s->local/remote; returns the fd, or -errno with s->error set. */
-int udp_session_connect(Session *s);
+/* An error a connected UDP socket reports from an ICMP message about an earlier datagram. */
+bool udp_icmp_error(int err);
+
+/* The exit status of a UDP run from its counts and r (0 or the -errno that ended it); sets
+ * s->error to what ended it, or to the ICMP port unreachable errors seen. */
+int udp_verdict(Session *s, const UdpStats *st, int r);
 
 typedef enum UdpReplyKind {
         UDP_REPLY_OK,        /* the first intact echo of a probe */

@@ -307,7 +307,7 @@ def test_ping_port_closed_is_refused_and_loss():
     assert summ.groups()[:8] == ("3", "0", "100", "0", "0", "0", "0", "3")
     assert int(summ.group(9)) < 4000  # nobody waited the 5 s timeout
     assert rtt is None
-    assert "Connection refused (ICMP port unreachable) for 3 of 3 probes" in r.stderr
+    assert "Connection refused (ICMP port unreachable), 3 times for 3 datagrams" in r.stderr
 
     r, j = udp_json("-c", 2, "-i", "0.05", "127.0.0.1", port)
     assert r.returncode == 1
