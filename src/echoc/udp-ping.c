@@ -2,8 +2,8 @@
  * byte and classified by the ledger (udp.c); ping(8)-style lines (DUP!, reordered, late,
  * CORRUPTED, stray, timeouts, ICMP port unreachable) and a summary.
  *
- * Probes do not wait for each other: a probe is outstanding until its first reply, an ICMP error
- * attributed to it, or -W. Sending ends at -c, -w or the first interrupt; then the outstanding
+ * Probes do not wait for each other (except with -i 0: the next goes when the last is settled): a
+ * probe is outstanding until its first reply, an ICMP error attributed to it, or -W. Sending ends at -c, -w or the first interrupt; then the outstanding
  * probes get up to -W (a second interrupt or -w ends that wait too). */
 #include <errno.h>
 #include <math.h>
@@ -184,7 +184,9 @@ static int ping_loop(UdpPing *p) {
                         sending = false;
                 if (!sending && (p->ledger.outstanding == 0 || echoc_interrupted > 1 || past_deadline))
                         break;
-                if (sending && now >= next) {
+                /* -i 0: as fast as the replies come (flood ping), never ahead of them */
+                bool may_send = sending && (o->interval_usec > 0 || p->ledger.outstanding == 0);
+                if (may_send && now >= next) {
                         r = ping_send(p);
                         if (r < 0)
                                 return r;
@@ -192,7 +194,7 @@ static int ping_loop(UdpPing *p) {
                         continue;
                 }
                 uint64_t wake = deadline, expiry = udp_ledger_next_expiry(&p->ledger);
-                if (sending)
+                if (may_send)
                         wake = wake > 0 ? MIN(wake, next) : next;
                 if (expiry > 0)
                         wake = wake > 0 ? MIN(wake, expiry / 1000u + 1) : expiry / 1000u + 1;

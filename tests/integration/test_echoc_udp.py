@@ -489,3 +489,16 @@ def test_load_port_closed():
     assert r.returncode == 1
     assert j["end"]["received"] == 0 and j["end"]["refused"] > 0 and j["end"]["lost"] == j["end"]["sent"]
     assert "Connection refused (ICMP port unreachable)" in j["error"]
+
+
+def test_ping_interval_zero_never_runs_ahead_of_the_replies():
+    """-i 0 sends each probe once the one before is settled (flood ping): 2000 probes at a
+    single-threaded Python server lose none. (Sent back to back, most would overflow its socket
+    buffer.)"""
+    with UdpServer() as srv:
+        r = run_echoc("--udp", "-c", 2000, "-i", 0, "-q", *srv.endpoint())
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    lines, summ, _, _ = parse_ping(r.stdout)
+    assert summ.groups()[:8] == ("2000", "2000", "0", "0", "0", "0", "0", "0")
+    assert srv.received == 2000
+    assert not any(LINE.match(l) for l in lines)  # -q: only the summary
