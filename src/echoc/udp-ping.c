@@ -3,8 +3,9 @@
  * CORRUPTED, stray, timeouts, ICMP port unreachable) and a summary.
  *
  * Probes do not wait for each other (except with -i 0: the next goes when the last is settled): a
- * probe is outstanding until its first reply, an ICMP error attributed to it, or -W. Sending ends at -c, -w or the first interrupt; then the outstanding
- * probes get up to -W (a second interrupt or -w ends that wait too). */
+ * probe is outstanding until its first reply, an ICMP error attributed to it, or -W. Sending ends
+ * at -c, -w or the first interrupt; then the outstanding probes get up to -W (a second interrupt
+ * or -w ends that wait too). */
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
