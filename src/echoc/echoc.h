@@ -38,6 +38,7 @@ typedef enum Output {
 typedef struct Options {
         Mode mode;
         Output output;
+        bool udp; /* --udp: ping and load over UDP datagrams */
         int family; /* AF_UNSPEC, AF_INET or AF_INET6 */
         const char *host;
         const char *port;
@@ -55,6 +56,7 @@ typedef struct Options {
         uint64_t duration_usec;
         uint64_t rate; /* new connections per second; 0 = unlimited */
         bool persistent;
+        unsigned window; /* UDP load: datagrams outstanding at most */
 
         int proxy_version; /* 0 = none */
         bool proxy_source_set;
@@ -81,9 +83,12 @@ extern volatile sig_atomic_t echoc_interrupted;
 int stream_run(Session *s);
 int ping_run(Session *s);
 int load_run(Session *s);
+int udp_ping_run(Session *s);
+int udp_load_run(Session *s);
 
-/* Connect to the target's addresses in turn (each within -W). Returns the fd and fills
- * s->local/remote, or -errno with s->error naming every address that failed. */
+/* Connect to the target's addresses in turn (TCP: each within -W; UDP: a connected datagram
+ * socket, see net_udp_connect()). Returns the fd and fills s->local/remote, or -errno with
+ * s->error naming every address that failed. */
 int session_connect(Session *s);
 
 /* The PROXY header for a connection from local to remote, honouring --proxy-source.

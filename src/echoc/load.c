@@ -18,6 +18,7 @@
 #include "echoc/echoc.h"
 #include "echoc/report.h"
 #include "shared/macro.h"
+#include "shared/mem.h"
 #include "shared/proxy.h"
 #include "shared/timeutil.h"
 
@@ -260,14 +261,8 @@ static uint64_t load_fill(Load *l, uint64_t now) {
 
 static void load_tick(Load *l, uint64_t now, bool tty) {
         l->cur.end = (double) (now - l->start_usec) / 1e6;
-        if (l->res.n_intervals == l->res.n_allocated) {
-                size_t n = MAX(l->res.n_allocated * 2, (size_t) 16);
-                LoadInterval *q = reallocarray(l->res.intervals, n, sizeof(*q));
-                if (!q)
-                        return;
-                l->res.intervals = q;
-                l->res.n_allocated = n;
-        }
+        if (mem_grow(&l->res.intervals, &l->res.n_allocated, l->res.n_intervals + 1, sizeof(LoadInterval)) < 0)
+                return;
         l->res.intervals[l->res.n_intervals++] = l->cur;
         if (tty && l->o->output == OUTPUT_TEXT)
                 report_load_progress(l->s, &l->res, &l->cur);

@@ -1,5 +1,5 @@
-/* echoc: the operator's client for TCP echo services (RFC 862) — command line, set-up, dispatch
- * to the stream, ping and load modes. */
+/* echoc: the operator's client for echo services (RFC 862) — command line, set-up, dispatch
+ * to the stream, ping and load modes over TCP, and ping and load over UDP (--udp). */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -13,12 +13,14 @@
 #include "build-config.h"
 #include "echoc/echoc.h"
 #include "echoc/report.h"
+#include "echoc/udp.h"
 #include "shared/macro.h"
 #include "shared/proxy.h"
 #include "shared/timeutil.h"
 
 #define SIZE_MAX_PROBE (1u << 20)
 #define CONNECTIONS_MAX 100000
+#define WINDOW_MAX 65536
 
 volatile sig_atomic_t echoc_interrupted = 0;
 
@@ -28,7 +30,7 @@ static void on_interrupt(int sig) {
 }
 
 static void help(void) {
-        printf("Usage: echoc [OPTIONS] HOST [PORT]   verify and measure a TCP echo service (RFC 862)\n"
+        printf("Usage: echoc [OPTIONS] HOST [PORT]   verify and measure a TCP or UDP echo service (RFC 862)\n"
                "Modes: stream (default: stdin -> server -> stdout, every byte verified),\n"
                "       ping (-c -i -s -w -q --connect), load (--load).  PORT defaults to 7.\n"
                "  -4, -6                  IPv4 / IPv6 only\n"
@@ -48,6 +50,7 @@ static void help(void) {
                "      --proxy v1|v2       send a PROXY protocol header first\n"
                "      --proxy-source ADDR:PORT  the client it claims (default: our address)\n"
                "  -v, --verbose           stream: a summary on stderr\n"
+               "  -u, --udp               UDP: ping, or --load (--rate datagrams/s, --window N outstanding, 64)\n"
                "  -h, --help   -V, --version\n"
                "Stream mode writes only verified bytes. --json/--nagios replace the echoed data.\n"
                "Exit: 0 all echoed intact; 1 mismatch, loss or short echo; 2 usage or connection error.\n");
@@ -67,6 +70,7 @@ enum {
         ARG_CRITICAL_LOSS,
         ARG_PROXY,
         ARG_PROXY_SOURCE,
+        ARG_WINDOW,
 };
 
 static const struct option options[] = {
@@ -92,6 +96,8 @@ static const struct option options[] = {
         { "proxy", required_argument, NULL, ARG_PROXY },
         { "proxy-source", required_argument, NULL, ARG_PROXY_SOURCE },
         { "verbose", no_argument, NULL, 'v' },
+        { "udp", no_argument, NULL, 'u' },
+        { "window", required_argument, NULL, ARG_WINDOW },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -143,18 +149,42 @@ static int parse_port(const char *s) {
 
 typedef struct Parsed {
         Options o;
-        bool ping_opt, load_opt, size_set, count_set, interval_set;
+        bool ping_opt, load_opt, size_set, count_set, interval_set, timeout_set, window_set;
+        const char *tcp_only; /* the last option given that only TCP has */
 } Parsed;
+
+/* What --udp changes: no stream mode and no TCP-only options, the size must hold the probe
+ * header and fit a datagram, and the timeout is the reply timeout (default 1 s, never none). */
+static int check_udp(Parsed *p) {
+        Options *o = &p->o;
+
+        if (p->tcp_only) {
+                report_error("%s is for TCP only; it does not combine with --udp", p->tcp_only);
+                return -EINVAL;
+        }
+        if (o->size < UDP_HEADER_SIZE || o->size > UDP_PAYLOAD_MAX) {
+                report_error("with --udp, -s must be %u to %u bytes (the probe header is %u)", UDP_HEADER_SIZE,
+                             UDP_PAYLOAD_MAX, UDP_HEADER_SIZE);
+                return -EINVAL;
+        }
+        if (!p->timeout_set)
+                o->timeout_usec = USEC_PER_SEC;
+        else if (o->timeout_usec == 0) {
+                report_error("with --udp, -W must be more than 0: a datagram's reply may never come");
+                return -EINVAL;
+        }
+        return 0;
+}
 
 /* Returns 0, 1 (help or version printed: exit 0), or -EINVAL after printing the problem. */
 static int parse_argv(int argc, char **argv, Parsed *p) {
         Options *o = &p->o;
         const char *err = NULL;
         uint64_t *sec = NULL;
-        int c;
+        int c, r;
 
         int li = -1;
-        while ((c = getopt_long(argc, argv, "46p:W:c:i:s:w:qJvhV", options, &li)) >= 0) {
+        while ((c = getopt_long(argc, argv, "46p:W:c:i:s:w:qJvuhV", options, &li)) >= 0) {
                 char name[32];
 
                 if (li >= 0)
@@ -178,6 +208,7 @@ static int parse_argv(int argc, char **argv, Parsed *p) {
                         break;
                 case 'W':
                         sec = &o->timeout_usec;
+                        p->timeout_set = true;
                         break;
                 case 'c':
                         o->count = (uint64_t) strtonum(optarg, 1, INT64_MAX, &err);
@@ -200,6 +231,7 @@ static int parse_argv(int argc, char **argv, Parsed *p) {
                         break;
                 case ARG_CONNECT:
                         o->connect_per_probe = p->ping_opt = true;
+                        p->tcp_only = "--connect";
                         break;
                 case ARG_LOAD:
                         p->load_opt = true;
@@ -207,6 +239,7 @@ static int parse_argv(int argc, char **argv, Parsed *p) {
                 case ARG_CONNECTIONS:
                         o->connections = (unsigned) strtonum(optarg, 1, CONNECTIONS_MAX, &err);
                         p->load_opt = true;
+                        p->tcp_only = "--connections";
                         break;
                 case ARG_DURATION:
                         sec = &o->duration_usec;
@@ -218,6 +251,14 @@ static int parse_argv(int argc, char **argv, Parsed *p) {
                         break;
                 case ARG_PERSISTENT:
                         o->persistent = p->load_opt = true;
+                        p->tcp_only = "--persistent";
+                        break;
+                case ARG_WINDOW:
+                        o->window = (unsigned) strtonum(optarg, 1, WINDOW_MAX, &err);
+                        p->load_opt = p->window_set = true;
+                        break;
+                case 'u':
+                        o->udp = true;
                         break;
                 case 'J':
                         o->output = OUTPUT_JSON;
@@ -244,16 +285,19 @@ static int parse_argv(int argc, char **argv, Parsed *p) {
                                                                                         : 0;
                         if (o->proxy_version == 0)
                                 err = "must be v1 or v2";
+                        p->tcp_only = "--proxy";
                         break;
                 case ARG_PROXY_SOURCE: {
                         bool wildcard = false;
                         if (ipaddr_parse_endpoint(optarg, &o->proxy_source, &wildcard) < 0 || wildcard)
                                 err = "must be ADDR:PORT, e.g. 203.0.113.7:51234 or [2001:db8::7]:51234";
                         o->proxy_source_set = true;
+                        p->tcp_only = "--proxy-source";
                         break;
                 }
                 case 'v':
                         o->verbose = true;
+                        p->tcp_only = "--verbose";
                         break;
                 case 'h':
                         help();
@@ -297,7 +341,17 @@ static int parse_argv(int argc, char **argv, Parsed *p) {
                 report_error("--proxy-source needs --proxy v1|v2");
                 return -EINVAL;
         }
-        o->mode = p->load_opt ? MODE_LOAD : p->ping_opt || p->size_set || o->output == OUTPUT_NAGIOS ? MODE_PING : MODE_STREAM;
+        if (o->udp) {
+                r = check_udp(p);
+                if (r < 0)
+                        return r;
+        } else if (p->window_set) {
+                report_error("--window is for UDP load (--udp --load); TCP load has --connections");
+                return -EINVAL;
+        }
+        o->mode = p->load_opt                                                                  ? MODE_LOAD
+                  : o->udp || p->ping_opt || p->size_set || o->output == OUTPUT_NAGIOS ? MODE_PING
+                                                                                       : MODE_STREAM;
         if (o->mode == MODE_PING && o->output == OUTPUT_NAGIOS) {
                 /* a check must end by itself */
                 if (!p->count_set && o->deadline_usec == 0)
@@ -315,7 +369,10 @@ int session_connect(Session *s) {
 
         s->error[0] = 0;
         for (size_t i = 0; i < s->target.n_addrs; i++) {
-                r = net_connect(&s->target.addrs[i], s->opts->timeout_usec);
+                const IpAddr *a = &s->target.addrs[i];
+
+                /* UDP: connect() sends nothing; it fails only where there is no route */
+                r = s->opts->udp ? net_udp_connect(a) : net_connect(a, s->opts->timeout_usec);
                 if (r >= 0) {
                         (void) net_endpoints(r, &s->local, &s->remote);
                         s->connected = true;
@@ -323,9 +380,9 @@ int session_connect(Session *s) {
                         return r;
                 }
                 if (len < sizeof(s->error))
-                        len += (size_t) snprintf(s->error + len, sizeof(s->error) - len, "%sconnect to %s: %s",
-                                                 len > 0 ? "; " : "", ipaddr_format_endpoint(&s->target.addrs[i], buf),
-                                                 strerror(-r));
+                        len += (size_t) snprintf(s->error + len, sizeof(s->error) - len, "%s%s %s: %s",
+                                                 len > 0 ? "; " : "", s->opts->udp ? "UDP socket for" : "connect to",
+                                                 ipaddr_format_endpoint(&s->target.addrs[i], buf), strerror(-r));
                 if (r == -EINTR)
                         break;
         }
@@ -355,6 +412,7 @@ int main(int argc, char **argv) {
                         .size = 64,
                         .connections = 10,
                         .duration_usec = 10 * USEC_PER_SEC,
+                        .window = 64,
                         .warning_rtt_ms = NAN,
                         .critical_rtt_ms = NAN,
                         .warning_loss = NAN,
@@ -378,7 +436,7 @@ int main(int argc, char **argv) {
         }
 
         s.start_wall_usec = clock_usec(CLOCK_REALTIME);
-        r = net_resolve(p.o.host, p.o.port, p.o.family, &s.target, &gai);
+        r = net_resolve(p.o.host, p.o.port, p.o.family, p.o.udp, &s.target, &gai);
         if (r < 0) {
                 snprintf(s.error, sizeof(s.error), "cannot resolve %s port %s: %s", p.o.host, p.o.port,
                          gai == EAI_SYSTEM ? strerror(-r) : gai_strerror(gai));
@@ -393,9 +451,9 @@ int main(int argc, char **argv) {
 
         switch (p.o.mode) {
         case MODE_PING:
-                return ping_run(&s);
+                return p.o.udp ? udp_ping_run(&s) : ping_run(&s);
         case MODE_LOAD:
-                return load_run(&s);
+                return p.o.udp ? udp_load_run(&s) : load_run(&s);
         default:
                 return stream_run(&s);
         }

@@ -1,4 +1,5 @@
-/* echoc's network set-up: getaddrinfo, non-blocking connect with a timeout, endpoint lookup. */
+/* echoc's network set-up: getaddrinfo, non-blocking connect with a timeout, connected UDP sockets,
+ * endpoint lookup. */
 #include "echoc/net.h"
 
 #include <errno.h>
@@ -12,11 +13,11 @@
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
-int net_resolve(const char *host, const char *port, int family, Target *ret, int *ret_gai) {
+int net_resolve(const char *host, const char *port, int family, bool udp, Target *ret, int *ret_gai) {
         struct addrinfo hints = {
                 .ai_family = family,
-                .ai_socktype = SOCK_STREAM,
-                .ai_protocol = IPPROTO_TCP,
+                .ai_socktype = udp ? SOCK_DGRAM : SOCK_STREAM,
+                .ai_protocol = udp ? IPPROTO_UDP : IPPROTO_TCP,
         };
         struct addrinfo *res = NULL;
         int r;
@@ -76,6 +77,19 @@ int net_connect_start(const IpAddr *a) {
                 return negative_errno();
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (connect(fd, &sa.sa, len) < 0 && errno != EINPROGRESS)
+                return negative_errno();
+        return TAKE_FD(fd);
+}
+
+int net_udp_connect(const IpAddr *a) {
+        _cleanup_(closep) int fd = -1;
+        SockAddr sa;
+        socklen_t len = ipaddr_to_sockaddr(a, &sa);
+
+        fd = socket(a->family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
+        if (fd < 0)
+                return negative_errno();
+        if (connect(fd, &sa.sa, len) < 0)
                 return negative_errno();
         return TAKE_FD(fd);
 }

@@ -1,6 +1,7 @@
-/* echoc's network set-up: resolve HOST [PORT], connect with a timeout, describe endpoints. */
+/* echoc's network set-up: resolve HOST [PORT], connect (TCP with a timeout, UDP), describe endpoints. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -15,14 +16,18 @@ typedef struct Target {
         IpAddr addrs[TARGET_ADDRS_MAX];
 } Target;
 
-/* getaddrinfo(host, port) for TCP, limited to family (AF_UNSPEC for both). Returns 0, or
- * -EHOSTUNREACH with *ret_gai set to the getaddrinfo error (for gai_strerror). */
-int net_resolve(const char *host, const char *port, int family, Target *ret, int *ret_gai);
+/* getaddrinfo(host, port) for TCP (udp false) or UDP, limited to family (AF_UNSPEC for both).
+ * Returns 0, or -EHOSTUNREACH with *ret_gai set to the getaddrinfo error (for gai_strerror). */
+int net_resolve(const char *host, const char *port, int family, bool udp, Target *ret, int *ret_gai);
 
 /* Non-blocking CLOEXEC TCP socket connected to a within timeout_usec (0 = no limit), TCP_NODELAY
  * set. Returns the fd (still non-blocking) or -errno: -ETIMEDOUT, -ECONNREFUSED, -EINTR (a signal
  * arrived while waiting) and so on. */
 int net_connect(const IpAddr *a, uint64_t timeout_usec);
+
+/* A non-blocking CLOEXEC UDP socket connect()ed to a: only a's datagrams arrive, and an ICMP
+ * port unreachable comes back as ECONNREFUSED. Returns the fd or -errno. */
+int net_udp_connect(const IpAddr *a);
 
 /* Start a non-blocking connect; returns the fd (connect in progress or done) or -errno. */
 int net_connect_start(const IpAddr *a);

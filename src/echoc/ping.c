@@ -18,6 +18,7 @@
 #include "echoc/report.h"
 #include "echoc/ring.h"
 #include "shared/macro.h"
+#include "shared/mem.h"
 #include "shared/proxy.h"
 #include "shared/timeutil.h"
 
@@ -195,14 +196,8 @@ static int ping_record(Session *s, PingResult *res, const Probe *p) {
                 rtt_add(&res->connect, p->connect_ms);
         if (s->opts->output != OUTPUT_JSON)
                 return 0;
-        if (res->n_probes == res->n_allocated) {
-                size_t n = MAX(res->n_allocated * 2, (size_t) 64);
-                Probe *q = reallocarray(res->probes, n, sizeof(Probe));
-                if (!q)
-                        return -ENOMEM;
-                res->probes = q;
-                res->n_allocated = n;
-        }
+        if (mem_grow(&res->probes, &res->n_allocated, res->n_probes + 1, sizeof(Probe)) < 0)
+                return -ENOMEM;
         res->probes[res->n_probes++] = *p;
         return 0;
 }

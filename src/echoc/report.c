@@ -25,13 +25,23 @@ void report_error(const char *fmt, ...) {
 
 /* ---- JSON (shared/json.h), pretty-printed on stdout ---- */
 
-/* "key": {"min": …, "avg": …, "max": …, "mdev": …} in ms, null where undefined */
-static void json_rtt(JsonWriter *j, const char *key, const RttStats *st) {
+double report_percentile_ms(const Histogram *h, double p) {
+        return h->count > 0 ? (double) hist_percentile(h, p) / 1e6 : NAN;
+}
+
+/* "key": {"min": …, "avg": …, "max": …, "mdev": …} in ms, null where undefined; with a
+ * histogram also "p50", "p90", "p99" */
+void report_json_rtt(JsonWriter *j, const char *key, const RttStats *st, const Histogram *h) {
         json_object_open(j, key);
         json_double(j, "min", rtt_min(st));
         json_double(j, "avg", rtt_avg(st));
         json_double(j, "max", rtt_max(st));
         json_double(j, "mdev", rtt_mdev(st));
+        if (h) {
+                json_double(j, "p50", report_percentile_ms(h, 50));
+                json_double(j, "p90", report_percentile_ms(h, 90));
+                json_double(j, "p99", report_percentile_ms(h, 99));
+        }
         json_object_close(j);
 }
 
@@ -48,7 +58,7 @@ static const char *mode_name(Mode m) {
         return m == MODE_PING ? "ping" : m == MODE_LOAD ? "load" : "stream";
 }
 
-static void json_start(JsonWriter *j, const Session *s) {
+void report_json_start(JsonWriter *j, const Session *s) {
         const Options *o = s->opts;
         char buf[IPADDR_STR_MAX], tbuf[64];
         time_t t = (time_t) (s->start_wall_usec / 1000000);
@@ -85,8 +95,10 @@ static void json_start(JsonWriter *j, const Session *s) {
         json_array_close(j);
 
         json_object_open(j, "test_start");
+        json_str(j, "protocol", o->udp ? "udp" : "tcp");
         json_str(j, "mode", mode_name(o->mode));
-        json_str(j, "proxy", o->proxy_version == 1 ? "v1" : o->proxy_version == 2 ? "v2" : NULL);
+        if (!o->udp)
+                json_str(j, "proxy", o->proxy_version == 1 ? "v1" : o->proxy_version == 2 ? "v2" : NULL);
         json_sec_or_null(j, "timeout", o->timeout_usec);
         if (o->mode == MODE_PING) {
                 json_u64(j, "size", o->size);
@@ -96,29 +108,34 @@ static void json_start(JsonWriter *j, const Session *s) {
                         json_null(j, "count");
                 json_double(j, "interval", usec_to_sec(o->interval_usec));
                 json_sec_or_null(j, "deadline", o->deadline_usec);
-                json_bool(j, "connect_per_probe", o->connect_per_probe);
+                if (!o->udp)
+                        json_bool(j, "connect_per_probe", o->connect_per_probe);
         } else if (o->mode == MODE_LOAD) {
                 json_u64(j, "size", o->size);
-                json_u64(j, "connections", o->connections);
+                if (!o->udp)
+                        json_u64(j, "connections", o->connections);
                 json_double(j, "duration", usec_to_sec(o->duration_usec));
-                if (o->rate > 0)
+                if (o->rate > 0) /* TCP: new connections/s; UDP: datagrams/s */
                         json_u64(j, "rate", o->rate);
                 else
                         json_null(j, "rate");
-                json_bool(j, "persistent", o->persistent);
+                if (o->udp)
+                        json_u64(j, "window", o->window);
+                else
+                        json_bool(j, "persistent", o->persistent);
         }
         json_object_close(j);
         json_object_close(j);
 }
 
-static void json_finish(JsonWriter *j, const Session *s) {
+void report_json_finish(JsonWriter *j, const Session *s) {
         json_str(j, "error", s->error[0] ? s->error : NULL);
         json_object_close(j);
         fflush(stdout);
 }
 
 /* "host:port" for headings, with brackets around an IPv6 literal. */
-static const char *target_name(const Session *s, char *buf, size_t size) {
+const char *report_target_name(const Session *s, char *buf, size_t size) {
         const char *h = s->opts->host;
         bool v6 = strchr(h, ':') != NULL;
         unsigned port = s->target.n_addrs > 0 ? s->target.addrs[0].port : 0;
@@ -146,7 +163,7 @@ static void perf_threshold(char *buf, size_t size, double v) {
                 *--e = 0;
 }
 
-static int nagios_report(const Session *s, const char *text, double rtt_ms, double loss, uint64_t corrupted, int status) {
+int report_nagios(const Session *s, const char *text, double rtt_ms, double loss, uint64_t corrupted, int status) {
         static const char *const names[] = { "OK", "WARNING", "CRITICAL", "UNKNOWN" };
         const Options *o = s->opts;
         double warn_loss = isnan(o->warning_loss) ? 0 : o->warning_loss;
@@ -195,7 +212,7 @@ int report_stream(const Session *s, const StreamResult *r, int status) {
         if (s->opts->output == OUTPUT_JSON) {
                 JsonWriter j;
 
-                json_start(&j, s);
+                report_json_start(&j, s);
                 json_array_open(&j, "intervals");
                 json_array_close(&j);
                 json_object_open(&j, "end");
@@ -209,7 +226,7 @@ int report_stream(const Session *s, const StreamResult *r, int status) {
                 else
                         json_null(&j, "mismatch_offset");
                 json_object_close(&j);
-                json_finish(&j, s);
+                report_json_finish(&j, s);
                 return status;
         }
         if (s->error[0])
@@ -229,34 +246,38 @@ void report_ping_start(const Session *s) {
         if (s->opts->output != OUTPUT_TEXT)
                 return;
         printf("ECHO %s (%s): %zu bytes per probe%s\n", s->opts->host, ipaddr_format_endpoint(&s->remote, buf),
-               s->opts->size, s->opts->connect_per_probe ? ", new connection per probe" : "");
+               s->opts->size,
+               s->opts->udp ? " over UDP" : s->opts->connect_per_probe ? ", new connection per probe" : "");
         fflush(stdout);
 }
 
 void report_ping_probe(const Session *s, const Probe *p) {
-        char buf[IPADDR_STR_MAX], conn[48] = "";
+        char buf[IPADDR_STR_MAX], conn[48] = "", time[32] = "";
 
         if (s->opts->output != OUTPUT_TEXT || s->opts->quiet)
                 return;
         ipaddr_format_endpoint(&s->remote, buf);
         if (isfinite(p->connect_ms))
                 snprintf(conn, sizeof(conn), " connect=%.3f ms", p->connect_ms);
+        if (isfinite(p->rtt_ms))
+                snprintf(time, sizeof(time), " time=%.3f ms", p->rtt_ms);
         switch (p->status) {
         case PROBE_OK:
-                printf("%zu bytes from %s: seq=%llu%s time=%.3f ms\n", p->bytes, buf, (unsigned long long) p->seq, conn,
-                       p->rtt_ms);
+                /* UDP marks a reply as ping(8) does */
+                printf("%zu bytes from %s: seq=%llu%s%s%s%s%s\n", p->bytes, buf, (unsigned long long) p->seq, conn, time,
+                       p->duplicate ? " (DUP!)" : "", p->reordered ? " (reordered)" : "", p->late ? " (late)" : "");
                 break;
         case PROBE_CORRUPT:
-                printf("%zu bytes from %s: seq=%llu%s time=%.3f ms CORRUPTED (first difference at byte %llu)\n",
-                       p->bytes, buf, (unsigned long long) p->seq, conn, p->rtt_ms,
-                       (unsigned long long) p->mismatch_offset);
+                printf("%zu bytes from %s: seq=%llu%s%s CORRUPTED (first difference at byte %llu)\n", p->bytes, buf,
+                       (unsigned long long) p->seq, conn, time, (unsigned long long) p->mismatch_offset);
                 break;
         case PROBE_TIMEOUT:
                 printf("no echo from %s: seq=%llu%s timeout=%.3f s\n", buf, (unsigned long long) p->seq, conn,
                        usec_to_sec(s->opts->timeout_usec));
                 break;
         case PROBE_FAILED:
-                printf("error from %s: seq=%llu%s %s\n", buf, (unsigned long long) p->seq, conn, strerror(-p->error));
+                printf("error from %s: seq=%llu%s %s%s\n", buf, (unsigned long long) p->seq, conn, strerror(-p->error),
+                       s->opts->udp && p->error == -ECONNREFUSED ? " (ICMP port unreachable)" : "");
                 break;
         }
         fflush(stdout);
@@ -265,6 +286,28 @@ void report_ping_probe(const Session *s, const Probe *p) {
 static const char *probe_status_name(ProbeStatus st) {
         static const char *const names[] = { "ok", "corrupted", "timeout", "error" };
         return names[st];
+}
+
+/* One probe of ping mode's "intervals": TCP adds connect_ms, UDP what else came back. */
+void report_json_probe(JsonWriter *j, const Session *s, const Probe *p) {
+        json_object_open(j, NULL);
+        json_u64(j, "seq", p->seq);
+        json_str(j, "status", probe_status_name(p->status));
+        json_u64(j, "bytes", p->bytes);
+        if (!s->opts->udp)
+                json_double(j, "connect_ms", p->connect_ms);
+        json_double(j, "rtt_ms", p->rtt_ms);
+        if (p->status == PROBE_CORRUPT)
+                json_u64(j, "mismatch_offset", p->mismatch_offset);
+        else
+                json_null(j, "mismatch_offset");
+        json_str(j, "error", p->status == PROBE_FAILED ? strerror(-p->error) : NULL);
+        if (s->opts->udp) {
+                json_u64(j, "duplicates", p->duplicates);
+                json_bool(j, "reordered", p->reordered);
+                json_bool(j, "late", p->late);
+        }
+        json_object_close(j);
 }
 
 static double ping_loss(const PingResult *r) {
@@ -279,24 +322,10 @@ int report_ping_end(const Session *s, const PingResult *r, int status) {
         if (o->output == OUTPUT_JSON) {
                 JsonWriter j;
 
-                json_start(&j, s);
+                report_json_start(&j, s);
                 json_array_open(&j, "intervals");
-                for (size_t i = 0; i < r->n_probes; i++) {
-                        const Probe *p = r->probes + i;
-
-                        json_object_open(&j, NULL);
-                        json_u64(&j, "seq", p->seq);
-                        json_str(&j, "status", probe_status_name(p->status));
-                        json_u64(&j, "bytes", p->bytes);
-                        json_double(&j, "connect_ms", p->connect_ms);
-                        json_double(&j, "rtt_ms", p->rtt_ms);
-                        if (p->status == PROBE_CORRUPT)
-                                json_u64(&j, "mismatch_offset", p->mismatch_offset);
-                        else
-                                json_null(&j, "mismatch_offset");
-                        json_str(&j, "error", p->status == PROBE_FAILED ? strerror(-p->error) : NULL);
-                        json_object_close(&j);
-                }
+                for (size_t i = 0; i < r->n_probes; i++)
+                        report_json_probe(&j, s, r->probes + i);
                 json_array_close(&j);
                 json_object_open(&j, "end");
                 json_u64(&j, "sent", r->sent);
@@ -305,22 +334,22 @@ int report_ping_end(const Session *s, const PingResult *r, int status) {
                 json_u64(&j, "lost", r->sent - r->echoed - r->corrupted);
                 json_double(&j, "loss_percent", loss);
                 json_double(&j, "seconds", usec_to_sec(r->elapsed_usec));
-                json_rtt(&j, "rtt_ms", &r->rtt);
+                report_json_rtt(&j, "rtt_ms", &r->rtt, NULL);
                 if (o->connect_per_probe)
-                        json_rtt(&j, "connect_ms", &r->connect);
+                        report_json_rtt(&j, "connect_ms", &r->connect, NULL);
                 json_object_close(&j);
-                json_finish(&j, s);
+                report_json_finish(&j, s);
                 return status;
         }
 
-        target_name(s, name, sizeof(name));
+        report_target_name(s, name, sizeof(name));
         if (o->output == OUTPUT_NAGIOS) {
                 snprintf(text, sizeof(text), "%s: %llu/%llu echoed, %.1f%% loss, %llu corrupted, rtt avg %.3f ms", name,
                          (unsigned long long) r->echoed, (unsigned long long) r->sent, isfinite(loss) ? loss : 100.0,
                          (unsigned long long) r->corrupted, isfinite(rtt_avg(&r->rtt)) ? rtt_avg(&r->rtt) : 0.0);
                 if (r->rtt.n == 0)
                         snprintf(text, sizeof(text), "%s: no echo, %llu sent", name, (unsigned long long) r->sent);
-                return nagios_report(s, text, rtt_avg(&r->rtt), loss, r->corrupted, status);
+                return report_nagios(s, text, rtt_avg(&r->rtt), loss, r->corrupted, status);
         }
 
         if (s->error[0])
@@ -383,9 +412,9 @@ int report_load_end(const Session *s, const LoadResult *r, int status) {
         double rate = secs > 0 ? (double) r->ok / secs : NAN;
         double bps = secs > 0 ? (double) r->bytes_echoed * 8 / secs : NAN;
         const Histogram *h = &r->latency;
-        double p50 = h->count ? ns_to_ms(hist_percentile(h, 50)) : NAN;
-        double p90 = h->count ? ns_to_ms(hist_percentile(h, 90)) : NAN;
-        double p99 = h->count ? ns_to_ms(hist_percentile(h, 99)) : NAN;
+        double p50 = report_percentile_ms(h, 50);
+        double p90 = report_percentile_ms(h, 90);
+        double p99 = report_percentile_ms(h, 99);
         double max = h->count ? ns_to_ms(h->max) : NAN;
         double avg = h->count ? h->sum / (double) h->count / 1e6 : NAN;
         char name[320], text[512];
@@ -393,7 +422,7 @@ int report_load_end(const Session *s, const LoadResult *r, int status) {
         if (o->output == OUTPUT_JSON) {
                 JsonWriter j;
 
-                json_start(&j, s);
+                report_json_start(&j, s);
                 json_array_open(&j, "intervals");
                 for (size_t i = 0; i < r->n_intervals; i++) {
                         const LoadInterval *iv = r->intervals + i;
@@ -440,16 +469,16 @@ int report_load_end(const Session *s, const LoadResult *r, int status) {
                 json_double(&j, "max", max);
                 json_object_close(&j);
                 json_object_close(&j);
-                json_finish(&j, s);
+                report_json_finish(&j, s);
                 return status;
         }
 
-        target_name(s, name, sizeof(name));
+        report_target_name(s, name, sizeof(name));
         if (o->output == OUTPUT_NAGIOS) {
                 snprintf(text, sizeof(text), "%s: %llu connections ok, %.1f%% failed, %llu mismatches, p99 %.3f ms",
                          name, (unsigned long long) r->ok, isfinite(load_loss(r)) ? load_loss(r) : 100.0,
                          (unsigned long long) r->mismatches, isfinite(p99) ? p99 : 0.0);
-                return nagios_report(s, text, p99, load_loss(r), r->mismatches, status);
+                return report_nagios(s, text, p99, load_loss(r), r->mismatches, status);
         }
 
         if (isatty(STDERR_FILENO))
@@ -479,12 +508,12 @@ int report_failure(const Session *s, int status) {
         if (o->output == OUTPUT_JSON) {
                 JsonWriter j;
 
-                json_start(&j, s);
+                report_json_start(&j, s);
                 json_array_open(&j, "intervals");
                 json_array_close(&j);
                 json_object_open(&j, "end");
                 json_object_close(&j);
-                json_finish(&j, s);
+                report_json_finish(&j, s);
                 return status;
         }
         if (o->output == OUTPUT_NAGIOS) {

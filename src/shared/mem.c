@@ -1,7 +1,25 @@
-/* Memory for the master's own tables, kept out of fork() children. */
+/* Memory helpers: the master's own tables, kept out of fork() children; arrays that grow. */
 #include "shared/mem.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <sys/mman.h>
+
+int mem_grow(void *array, size_t *allocated, size_t need, size_t size) {
+        void **a = array;
+        size_t n = *allocated > 0 ? *allocated : 16;
+
+        if (need <= *allocated)
+                return 0;
+        while (n < need)
+                n *= 2;
+        void *q = reallocarray(*a, n, size);
+        if (!q)
+                return -ENOMEM;
+        *a = q;
+        *allocated = n;
+        return 0;
+}
 
 void *mem_alloc_unshared(size_t size) {
         void *p;

@@ -1,7 +1,11 @@
-/* Memory for the master's own tables, kept out of fork() children. */
+/* Memory helpers: the master's own tables, kept out of fork() children; arrays that grow. */
 #pragma once
 
 #include <stddef.h>
+
+/* Make *array (a pointer to an array of *allocated elements of size bytes; NULL and 0 at first)
+ * hold at least need elements, doubling (16 at least). Returns 0 or -ENOMEM (*array unchanged). */
+int mem_grow(void *array, size_t *allocated, size_t need, size_t size);
 
 /* Zeroed, page-granular memory that fork() does not copy (MADV_DONTFORK): pages never touched
  * cost nothing, and a fork neither copies their page tables nor makes the parent take
