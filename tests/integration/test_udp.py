@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import ECHOD, base_config, free_port, need, proc_comm, sanitized, wait_until
+from conftest import ECHOC, ECHOD, base_config, free_port, need, proc_comm, sanitized, wait_until
 import syscall_inject
 import udp_tools
 
@@ -554,3 +554,51 @@ def test_bad_udp_config_names_file_line_and_key(tmpdir_path):
         out = subprocess.run([ECHOD, "-t", "-f", path], capture_output=True, text=True)
         assert out.returncode == 6, out
         assert re.search(re.escape(path) + err, out.stderr), out.stderr
+
+
+# --- echoc --udp, the operator's client, against echod ---------------------------------------------
+
+
+def echoc_json(*args, timeout=60):
+    out = subprocess.run([ECHOC, "--udp", "-J", *args], capture_output=True, text=True, timeout=timeout)
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_echoc_ping_verifies_echod(echod_factory):
+    e = echod_factory(udp_config('"127.0.0.1:0", "[::1]:0"'))
+    for family, flag in ((socket.AF_INET, "-4"), (socket.AF_INET6, "-6")):
+        host, port = udp_endpoint(e, family)
+        rc, r = echoc_json(flag, "-c", "10", "-i", "0.02", "-s", "200", host, str(port))
+        assert rc == 0, r
+        end = r["end"]
+        assert (end["sent"], end["received"], end["lost"], end["corrupted"], end["duplicates"]) == (10, 10, 0, 0, 0)
+    st = wait_udp_counts(e, lambda u: u["answered"] == 20)
+    assert st["bytes_out"] == 20 * 200
+
+
+def test_echoc_load_counts_what_the_rate_limit_drops(echod_factory):
+    """echoc's loss and echod's source-rate drops are the same datagrams, counted on both sides."""
+    e = echod_factory(udp_config(udp_rate=20, udp_burst=20))
+    host, port = udp_endpoint(e)
+    rc, r = echoc_json("--load", "--duration", "1", "--rate", "100", "-W", "0.5", host, str(port))
+    assert rc == 1, r  # loss
+    end = r["end"]
+    st = wait_udp_counts(e, lambda u: u["received"] == end["sent"])
+    assert end["received"] == st["answered"]
+    assert end["lost"] == st["not_answered"]["source-rate"]
+    assert 20 <= end["received"] <= 20 + 20 * 1.5 + 1
+    assert end["corrupted"] == 0
+
+
+def test_echoc_load_at_full_speed_loses_nothing(echod_factory):
+    """With limits that do not bind (every check still made), a windowed load gets every datagram
+    back intact."""
+    e = echod_factory(udp_config(udp_rate=1e6, udp_burst=1000000, udp_byte_rate=0, udp_byte_burst=0,
+                                 udp_budget=0, udp_byte_budget=0))
+    host, port = udp_endpoint(e)
+    rc, r = echoc_json("--load", "--duration", "2", "--window", "32", host, str(port))
+    end = r["end"]
+    assert rc == 0, r
+    assert end["lost"] == 0 and end["corrupted"] == 0 and end["received"] == end["sent"] > 1000
+    st = wait_udp_counts(e, lambda u: u["answered"] == end["received"])
+    assert st["received"] == end["sent"]
