@@ -9,12 +9,12 @@ root is what sudo gives):
 1. `tools/run` in the background, as the quick start's first command: it installs the build
    dependencies from the Debian mirror, builds, and runs echod in the foreground on
    127.0.0.1:7007 and [::1]:7007. Once it accepts a connection,
-2. the three commands of "Try it from a second terminal", verbatim from README.md (bash, from
+2. the four commands of "Try it from a second terminal", verbatim from README.md (bash, from
    the top of the tree), each doing what the README says;
 3. the test dependencies installed the way the quick start's second command, `tools/test`,
    starts: `tools/deps.sh test`. Only that part of it: the whole of `tools/test` (every suite,
    the system suite's own package builds and containers among them) takes far longer than a test
-   should. Then the three commands again: with the test dependencies (ncat, socat, haproxy, ...)
+   should. Then the four commands again: with the test dependencies (ncat, socat, haproxy, ...)
    installed they must work the same. (The services among them are installed and enabled but,
    by a policy-rc.d, not started: the container shares the host's network and its ports.)
 4. Ctrl-C (SIGINT to the echod that tools/run runs in the foreground): it drains, stops and
@@ -107,6 +107,8 @@ def try_it(c, commands, when):
     size = int(c.sh(f"cd {SRC} && stat -c %s {shlex.quote(redirect.group(1))}").stdout)
     assert re.search(rf"\b{size} bytes sent, {size} echoed intact", outs[1].stderr), (when, outs[1].stderr)
     assert len(re.findall(r"seq=\d+", outs[2].stdout)) == 5, (when, outs[2].stdout, outs[2].stderr)
+    assert len(re.findall(r"bytes from 127\.0\.0\.1:7007: seq=\d+", outs[3].stdout)) == 5, \
+        (when, outs[3].stdout, outs[3].stderr)
 
 
 def test_quick_start_in_a_fresh_debian_12():
@@ -118,7 +120,7 @@ def test_quick_start_in_a_fresh_debian_12():
     with open(os.path.join(ROOT, "tools", "test")) as f:
         assert re.search(r"^tools/deps\.sh test\b", f.read(), re.M), "tools/test no longer starts with tools/deps.sh test"
     commands = try_it_commands()
-    assert len(commands) == 3, commands
+    assert len(commands) == 4, commands
 
     cache = skip_on(systest.cached_root, systest.BASE_PACKAGES, flavour=f"plain-{systest.SUITE}")
     workdir = tempfile.mkdtemp(prefix="system-quickstart-", dir=BUILD)
