@@ -6,9 +6,11 @@
  * is answered before every check passed), and sends the answers with one sendmmsg(): the payload
  * as received, byte for byte and never more, to the source, from the very address the datagram
  * was sent to (IP_PKTINFO / IPV6_PKTINFO), so a host with several addresses answers from the one
- * asked. It never logs: the master logs summaries of the counters it is sent. */
+ * asked. Consecutive answers to one peer go as one GSO send (UDP_SEGMENT): still one datagram
+ * each on the wire, but one trip through the stack. It never logs: the master logs summaries of the counters it is sent. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,17 +28,27 @@
 #define BATCHES_PER_WAKEUP 16
 /* the largest UDP payload (over IPv4); received whole, so nothing is ever cut short */
 #define DGRAM_MAX 65536
+/* a GSO send's limits (the kernel's UDP_MAX_SEGMENTS, and an IP datagram's size) */
+#define GSO_SEGMENTS_MAX 64
+#define GSO_BYTES_MAX 60000
 
 typedef struct PktInfo {
         _Alignas(struct cmsghdr) char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) +
                                           CMSG_SPACE(sizeof(struct in_pktinfo))];
 } PktInfo;
 
+/* an answer's address, and a group's segment size */
+typedef struct GroupCtl {
+        _Alignas(struct cmsghdr) char buf[sizeof(PktInfo) + CMSG_SPACE(sizeof(uint16_t))];
+} GroupCtl;
+
 typedef struct Batch {
-        struct mmsghdr in[BATCH], out[BATCH];
+        struct mmsghdr in[BATCH], out[BATCH], groups[BATCH];
         struct iovec iov_in[BATCH], iov_out[BATCH];
         SockAddr from[BATCH];
         PktInfo cin[BATCH], cout[BATCH];
+        GroupCtl gctl[BATCH];
+        unsigned first[BATCH], count[BATCH]; /* each group's answers in out[] */
         uint8_t *buf; /* BATCH × DGRAM_MAX */
 } Batch;
 
@@ -262,9 +274,101 @@ static int judge(unsigned i, unsigned m, uint64_t now) {
         return 1;
 }
 
+/* Send answers [from, to) of batch.out one by one: the first that fails is counted and skipped,
+ * the rest go on. */
+static void send_each(int sock, unsigned from, unsigned to) {
+        while (from < to) {
+                int k = sendmmsg(sock, batch.out + from, to - from, MSG_DONTWAIT);
+                if (k <= 0) {
+                        /* an unreachable route, a full buffer, a broadcast route (no SO_BROADCAST) */
+                        counters.dropped[UDP_DROP_SEND_FAILED]++;
+                        from++;
+                        continue;
+                }
+                for (unsigned j = from; j < from + (unsigned) k; j++) {
+                        counters.replied++;
+                        counters.bytes_out += batch.out[j].msg_len;
+                }
+                from += (unsigned) k;
+        }
+}
+
+/* Answers [i, j) go to one peer from one address, all of one size but the last, which may be
+ * shorter: one UDP_SEGMENT (GSO) send, one trip through the stack for all of them. */
+static unsigned group_end(unsigned i, unsigned m) {
+        const struct msghdr *a = &batch.out[i].msg_hdr;
+        size_t size = batch.iov_out[i].iov_len, total = size;
+        unsigned j = i + 1;
+
+        if (size == 0)
+                return j;
+        for (; j < m && j - i < GSO_SEGMENTS_MAX; j++) {
+                const struct msghdr *b = &batch.out[j].msg_hdr;
+                size_t len = batch.iov_out[j].iov_len;
+                if (len == 0 || len > size || total + len > GSO_BYTES_MAX || b->msg_namelen != a->msg_namelen ||
+                    memcmp(b->msg_name, a->msg_name, a->msg_namelen) != 0 || b->msg_controllen != a->msg_controllen ||
+                    memcmp(b->msg_control, a->msg_control, a->msg_controllen) != 0)
+                        break;
+                total += len;
+                if (len < size)
+                        return j + 1; /* a shorter one ends the group */
+        }
+        return j;
+}
+
+/* Send answers [0, m): grouped where they can be (udp(7), UDP_SEGMENT), one by one otherwise. A
+ * kernel or route that refuses a group (no GSO, a path that would fragment it) gets its answers
+ * one by one, and no more groups from this worker. */
+static void send_answers(int sock, unsigned m) {
+        static bool no_gso;
+        unsigned n = 0, sent = 0;
+
+        if (no_gso) {
+                send_each(sock, 0, m);
+                return;
+        }
+        for (unsigned i = 0, j; i < m; i = j, n++) {
+                j = group_end(i, m);
+                batch.first[n] = i;
+                batch.count[n] = j - i;
+                batch.groups[n].msg_hdr = batch.out[i].msg_hdr;
+                batch.groups[n].msg_hdr.msg_iovlen = j - i;
+                if (j - i < 2)
+                        continue;
+                /* its answer address, and the segment size */
+                struct msghdr *g = &batch.groups[n].msg_hdr;
+                size_t pl = batch.out[i].msg_hdr.msg_controllen;
+                memcpy(batch.gctl[n].buf, batch.out[i].msg_hdr.msg_control, pl);
+                g->msg_control = batch.gctl[n].buf;
+                g->msg_controllen = pl + CMSG_SPACE(sizeof(uint16_t));
+                struct cmsghdr *c = (struct cmsghdr *) (batch.gctl[n].buf + pl);
+                uint16_t seg = (uint16_t) batch.iov_out[i].iov_len;
+                c->cmsg_level = SOL_UDP;
+                c->cmsg_type = UDP_SEGMENT;
+                c->cmsg_len = CMSG_LEN(sizeof(seg));
+                memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+        }
+        while (sent < n) {
+                int k = sendmmsg(sock, batch.groups + sent, n - sent, MSG_DONTWAIT);
+                if (k <= 0) {
+                        if (batch.count[sent] > 1 && (errno == EINVAL || errno == EIO || errno == ENOPROTOOPT ||
+                                                      errno == EOPNOTSUPP || errno == EMSGSIZE))
+                                no_gso = true;
+                        send_each(sock, batch.first[sent], batch.first[sent] + batch.count[sent]);
+                        sent++;
+                        continue;
+                }
+                for (unsigned g = sent; g < sent + (unsigned) k; g++) {
+                        counters.replied += batch.count[g];
+                        counters.bytes_out += batch.groups[g].msg_len;
+                }
+                sent += (unsigned) k;
+        }
+}
+
 /* One recvmmsg(), one sendmmsg(). Returns the datagrams read (BATCH: there may be more). */
 static unsigned serve_batch(int sock) {
-        unsigned m = 0, sent = 0;
+        unsigned m = 0;
         int n;
 
         for (unsigned i = 0; i < BATCH; i++) {
@@ -277,20 +381,7 @@ static unsigned serve_batch(int sock) {
         uint64_t now = worker_now();
         for (unsigned i = 0; i < (unsigned) n; i++)
                 m += (unsigned) judge(i, m, now);
-        while (sent < m) {
-                int k = sendmmsg(sock, batch.out + sent, m - sent, MSG_DONTWAIT);
-                if (k <= 0) {
-                        /* this one failed (an unreachable route, a full buffer): the rest go on */
-                        counters.dropped[UDP_DROP_SEND_FAILED]++;
-                        sent++;
-                        continue;
-                }
-                for (unsigned j = sent; j < sent + (unsigned) k; j++) {
-                        counters.replied++;
-                        counters.bytes_out += batch.out[j].msg_len;
-                }
-                sent += (unsigned) k;
-        }
+        send_answers(sock, m);
         return (unsigned) n;
 }
 

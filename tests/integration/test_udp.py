@@ -185,6 +185,24 @@ def test_replies_come_from_the_address_asked(echod_factory):
         assert s.recv(100) == b"connected"
 
 
+def test_a_burst_of_mixed_sizes_comes_back_datagram_for_datagram(echod_factory):
+    """Answers to one peer leave as GSO groups (one size, a shorter last): whatever the mix of
+    sizes in a burst, each answer is exactly its datagram, none merged, split or reordered."""
+    e = echod_factory(udp_config(udp_rate=1000, udp_burst=1000, udp_byte_rate=0, udp_byte_burst=0))
+    a = udp_endpoint(e)
+    sizes = [100] * 5 + [50] + [100] * 3 + [200, 200, 1, 0, 1472] + [64] * 70 + [1472] * 44 + [7]
+    sent = [os.urandom(n) for n in sizes]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        s.connect(a)
+        for p in sent:
+            s.send(p)
+        s.settimeout(3)
+        got = [s.recv(70000) for _ in sent]
+    assert [len(g) for g in got] == sizes
+    assert got == sent
+
+
 def test_one_sandboxed_worker_per_socket(echod_factory):
     e = echod_factory(udp_config('"127.0.0.1:0", "[::1]:0"'))
     wait_until(lambda: len(worker_pids(e)) == 2, 10, "two UDP workers")
