@@ -1,6 +1,7 @@
 """Smoke test of the benchmark: bench/run --quick (1 s per scenario, 100 held connections) must
-finish and report every server with its ratio to the textbook baseline. The figures themselves
-are not checked: this only keeps bench/ from rotting. The full benchmark is not part of CI."""
+finish and report every server with its ratio to the textbook baseline, and its UDP echo section
+(1 s per load, one repeat). The figures themselves are not checked: this only keeps bench/ from
+rotting. The full benchmark is not part of CI."""
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from conftest import BUILD, ROOT
 
 SERVERS = ["baseline", "echod", "socat", "xinetd", "ncat"]
+UDP_SERVERS = ["xinetd", "socat", "echod", "echod-defaults"]  # and openbsd-inetd when bench/run has it
 
 
 def test_bench_quick(tmp_path):
@@ -21,7 +23,7 @@ def test_bench_quick(tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "run"), "--quick", "--no-deps", "--echod-build", BUILD,
          "--out", str(tmp_path), "--json", str(raw)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     md = (tmp_path / "RESULTS.md").read_text()
     assert (tmp_path / "rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -40,3 +42,21 @@ def test_bench_quick(tmp_path):
     # echod itself must have echoed correctly in every scenario
     assert not [line for line in md.splitlines() if line.startswith("- echod:")]
     assert "| echod | 100 / 100 " in md
+
+    # UDP echo: measured when bench/run can (root for its network namespace, an echoc with --udp);
+    # otherwise the section says why not
+    udp = md.split("## UDP echo", 1)[1]
+    if "Not measured in this run:" in udp:
+        assert os.geteuid() != 0 or "has no --udp" in udp, udp[:500]
+        return
+    table = [line for line in udp.splitlines() if line.startswith("| ") and "---" not in line]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    for s in UDP_SERVERS:
+        assert s in header, header
+    answered = next(row for row in table if row.startswith("| datagrams/s answered, window 64 "))
+    cells = [c.strip() for c in answered.strip("|").split("|")]
+    assert float(cells[header.index("echod")].replace(",", "")) > 0, answered
+    if "openbsd-inetd" in header:
+        assert cells[header.index("echod/openbsd-inetd")].endswith("×"), answered
+    # every echo echod sent back was intact
+    assert not [line for line in udp.splitlines() if line.startswith("- echod")], udp
