@@ -31,6 +31,11 @@
 /* a GSO send's limits (the kernel's UDP_MAX_SEGMENTS, and an IP datagram's size) */
 #define GSO_SEGMENTS_MAX 64
 #define GSO_BYTES_MAX 60000
+/* Fewer answers than this to one peer go one by one: a group reaches the peer all at once, so a
+ * client with a few datagrams in flight would take turns with the worker instead of overlapping
+ * with it (bench/FINDINGS.md: with 8 in flight, groups halved the rate); only a deep batch, which
+ * comes when a client keeps many in flight, gains from one trip through the stack. */
+#define GSO_SEGMENTS_MIN 16
 
 typedef struct PktInfo {
         _Alignas(struct cmsghdr) char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) +
@@ -329,6 +334,8 @@ static void send_answers(int sock, unsigned m) {
         }
         for (unsigned i = 0, j; i < m; i = j, n++) {
                 j = group_end(i, m);
+                if (j - i < GSO_SEGMENTS_MIN)
+                        j = i + 1;
                 batch.first[n] = i;
                 batch.count[n] = j - i;
                 batch.groups[n].msg_hdr = batch.out[i].msg_hdr;
