@@ -201,8 +201,12 @@ static void on_gone(void *userdata, unsigned spawner, pid_t pid, int status, boo
 }
 
 static void on_stuck(void *userdata, pid_t pid, uint64_t stalled_usec, unsigned waiting) {
-        log_error("echod-spawner (pid %d) took no hand-off for %llu s with %u waiting: killing it", (int) pid,
-                  (unsigned long long) (stalled_usec / USEC_PER_SEC), waiting);
+        if (waiting == 0)
+                log_error("echod-spawner (pid %d) has been stopped for %llu s and reaps nothing: killing it",
+                          (int) pid, (unsigned long long) (stalled_usec / USEC_PER_SEC));
+        else
+                log_error("echod-spawner (pid %d) took no hand-off for %llu s with %u waiting: killing it", (int) pid,
+                          (unsigned long long) (stalled_usec / USEC_PER_SEC), waiting);
 }
 
 static void on_restarted(void *userdata, pid_t pid, int error) {

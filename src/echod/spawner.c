@@ -66,7 +66,8 @@ struct Spawner {
         SpawnerProc *procs;     /* every process not reaped yet, current included */
         HandoffList queue;      /* admitted, not sent */
         uint64_t progress_usec; /* the current process last took or reported a hand-off, or got work */
-        sd_event_source *restart_timer, *deadline_timer;
+        uint64_t stopped_usec;  /* since when the current process is seen stopped; 0: it is not */
+        sd_event_source *restart_timer, *deadline_timer, *watch_timer;
         unsigned next_gen, restarts;
         bool stopping;
 };
@@ -158,31 +159,69 @@ static unsigned waiting(const Spawner *s) {
 static void proc_kill(SpawnerProc *p);
 static int on_restart(sd_event_source *src, uint64_t usec, void *userdata);
 
+/* Stopped, or stuck: the current process is killed and replaced now; what it took is resolved
+ * when it is reaped (lost()), what is queued goes to the replacement, its children are the
+ * master's (their exits, which it no longer reports, are seen at once). */
+static void replace_stuck(Spawner *s, uint64_t stalled_usec) {
+        SpawnerProc *p = s->current;
+
+        s->cb.stuck(s->userdata, p->pid, stalled_usec, waiting(s));
+        p->retiring = true;
+        s->current = NULL;
+        s->stopped_usec = 0;
+        proc_kill(p);
+        (void) sd_event_source_set_enabled(s->deadline_timer, SD_EVENT_OFF);
+        if (!s->stopping) {
+                s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
+                if (sd_event_add_time_relative(s->event, &s->restart_timer, CLOCK_MONOTONIC, 0, 0, on_restart, s) < 0)
+                        s->cb.restarted(s->userdata, 0, -ENOMEM);
+        }
+}
+
 static int on_deadline(sd_event_source *src, uint64_t usec, void *userdata) {
         Spawner *s = userdata;
-        SpawnerProc *p = s->current;
         uint64_t now = now_usec();
 
-        if (!p || waiting(s) == 0)
+        if (!s->current || waiting(s) == 0)
                 return sd_event_source_set_enabled(src, SD_EVENT_OFF);
         if (now < s->progress_usec + SPAWNER_HANDOFF_TIMEOUT_USEC) {
                 /* it moved since: look again a deadline after its last progress */
                 (void) sd_event_source_set_time(src, s->progress_usec + SPAWNER_HANDOFF_TIMEOUT_USEC);
                 return sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
         }
-        /* stopped, or stuck: it is killed and replaced now; what it took is resolved when it is
-         * reaped (lost()), what is queued goes to the replacement */
-        s->cb.stuck(s->userdata, p->pid, now - s->progress_usec, waiting(s));
-        p->retiring = true;
-        s->current = NULL;
-        proc_kill(p);
-        (void) sd_event_source_set_enabled(src, SD_EVENT_OFF);
-        if (!s->stopping) {
-                s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
-                if (sd_event_add_time_relative(s->event, &s->restart_timer, CLOCK_MONOTONIC, 0, 0, on_restart, s) < 0)
-                        s->cb.restarted(s->userdata, 0, -ENOMEM);
-        }
+        replace_stuck(s, now - s->progress_usec);
         return 0;
+}
+
+/* The kernel's word on a process: stopped (SIGSTOP, or a tracer's stop)? */
+static bool proc_stopped(pid_t pid) {
+        char stat_path[64], buf[512];
+        _cleanup_(closep) int fd = -1;
+        ssize_t n;
+
+        snprintf(stat_path, sizeof(stat_path), "/proc/%d/stat", (int) pid);
+        fd = open(stat_path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
+                return false;
+        buf[n] = 0;
+        const char *paren = strrchr(buf, ')');
+        return paren && paren[1] == ' ' && (paren[2] == 'T' || paren[2] == 't');
+}
+
+/* Every second: a current process stopped for SPAWNER_HANDOFF_TIMEOUT_USEC is stuck even with no
+ * hand-off owed, for it reaps and reports nothing: the clients of its children that died would
+ * wait for their end (the master holds each connection until its process is known gone). */
+static int on_watch(sd_event_source *src, uint64_t usec, void *userdata) {
+        Spawner *s = userdata;
+        uint64_t now = now_usec();
+
+        if (!s->current || !proc_stopped(s->current->pid))
+                s->stopped_usec = 0;
+        else if (s->stopped_usec == 0)
+                s->stopped_usec = now;
+        else if (now >= s->stopped_usec + SPAWNER_HANDOFF_TIMEOUT_USEC)
+                replace_stuck(s, now - s->stopped_usec);
+        return sd_event_source_set_time(src, usec + USEC_PER_SEC);
 }
 
 /* Work was given to a process that owed nothing: its clock starts now. */
@@ -476,6 +515,11 @@ int spawner_start(Spawner *s, const Sandbox *sb) {
         s->sandbox = sb;
         s->current = p;
         flush(p);
+        if (!s->watch_timer &&
+            (sd_event_add_time_relative(s->event, &s->watch_timer, CLOCK_MONOTONIC, USEC_PER_SEC, USEC_PER_SEC / 10,
+                                        on_watch, s) < 0 ||
+             sd_event_source_set_enabled(s->watch_timer, SD_EVENT_ON) < 0))
+                s->watch_timer = sd_event_source_disable_unref(s->watch_timer); /* the deadline still holds */
         return 0;
 }
 
@@ -589,6 +633,7 @@ Spawner *spawner_free(Spawner *s) {
                 return NULL;
         s->restart_timer = sd_event_source_disable_unref(s->restart_timer);
         s->deadline_timer = sd_event_source_disable_unref(s->deadline_timer);
+        s->watch_timer = sd_event_source_disable_unref(s->watch_timer);
         while ((h = list_pop(&s->queue)))
                 free(h);
         uint64_t deadline = now_usec() + STOP_WAIT_USEC;

@@ -14,7 +14,9 @@
  * Liveness: the current process has SPAWNER_HANDOFF_TIMEOUT_USEC from the moment it owes a
  * hand-off (queued for it, or sent and not reported) to its next progress (a hand-off taken or
  * reported). A process that misses it (stopped, stuck) gets stuck(), is killed and is replaced at
- * once: the queue goes to the replacement, what the dead one took ends in lost(). */
+ * once: the queue goes to the replacement, what the dead one took ends in lost(). One the kernel
+ * shows stopped for as long is replaced the same way with nothing owed (stuck() with waiting 0):
+ * it reaps and reports nothing, so the ends of its children would go unseen. */
 #pragma once
 
 #include <stdbool.h>

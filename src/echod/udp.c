@@ -332,7 +332,7 @@ static void on_restarted(void *userdata, pid_t pid, int error) {
 }
 
 static void on_stuck(void *userdata, pid_t pid, uint64_t stalled_usec, unsigned waiting) {
-        log_error("the UDP workers' echod-spawner (pid %d) took no hand-off for %llu s: killing it", (int) pid,
+        log_error("the UDP workers' echod-spawner (pid %d) was stuck or stopped for %llu s: killing it", (int) pid,
                   (unsigned long long) (stalled_usec / USEC_PER_SEC));
 }
 

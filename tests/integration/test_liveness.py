@@ -197,6 +197,44 @@ def test_brief_spawner_pause_is_waited_for(echod_factory):
 # --- 2. a spawner stopped for good is killed and replaced ----------------------------------------
 
 @pytest.mark.timeout(40)
+def test_stopped_spawner_with_nothing_owed_is_replaced_so_a_dead_childs_client_sees_its_end(echod_factory):
+    """The spawner SIGSTOPped with no hand-off owed, then one of its children killed: the stopped
+    spawner cannot reap or report it, and the master holds the connection until its process is known
+    gone. A spawner the kernel shows stopped for the hand-off deadline is replaced all the same (its
+    children become the master's, the dead one is reaped): the client gets its end within seconds,
+    not when someone sends SIGCONT (found by the soak, seed 913035)."""
+    e, _ = start(echod_factory, max_per_source=0, shutdown_timeout=2)
+    victim, other = established(e), established(e)
+    sp = the_spawner(e)
+    wait_until(lambda: len(workers(e)) == 2, 10, "two children")
+    child = workers(e)[0]
+    os.kill(sp, signal.SIGSTOP)
+    try:
+        wait_state(sp, ("T",), 2, "the spawner stopped")
+        t0 = time.monotonic()
+        os.kill(child, signal.SIGKILL)
+        ends = []
+        for s in (victim, other):
+            s.settimeout(HANDOFF_TIMEOUT + 5)
+            try:
+                s.sendall(b"x")
+                ends.append((s.recv(1), time.monotonic() - t0))  # b"x" echoed, b"" the end
+            except (ConnectionResetError, BrokenPipeError, socket.timeout) as err:
+                ends.append((err, time.monotonic() - t0))
+    finally:
+        try:
+            os.kill(sp, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # killed and reaped by the master: what is tested
+    # one of the two was the killed child's: its client saw the end (EOF or reset) in time; the other echoed
+    dead = [x for x in ends if x[0] == b"" or isinstance(x[0], (ConnectionResetError, BrokenPipeError))]
+    assert len(dead) == 1 and [x[0] for x in ends if x not in dead] == [b"x"], ends
+    assert dead[0][1] < HANDOFF_TIMEOUT + 2.5, ends
+    e.wait_log(rf"echod-spawner \(pid {sp}\) has been stopped for \d+ s and reaps nothing: killing it")
+    wait_until(lambda: the_spawner(e) not in (None, sp), 10, "a new spawner")
+    assert ping(established(e), b"served by the new spawner")
+
+@pytest.mark.timeout(40)
 def test_stuck_spawner_is_killed_and_replaced(echod_factory):
     # more clients than the socket to the spawner holds (~280 on a default Linux): some stay
     # queued in the master and must be served by the replacement; the rest are lost with it
