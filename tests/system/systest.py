@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import time
@@ -384,3 +385,17 @@ class Container:
             raise Skip(f"cannot install {' '.join(missing)} in the container: the mirror cannot be "
                        f"reached:\n{(r.stdout + r.stderr)[-1500:]}")
         assert r.returncode == 0, f"apt-get install {' '.join(missing)}:\n{r.stdout}\n{r.stderr}"
+
+
+def echo_once(host, payload, timeout=10):
+    """One connection: send, half-close, read the echo to EOF. Returns (echo, local port)."""
+    with socket.create_connection((host, 7), timeout=timeout) as s:
+        port = s.getsockname()[1]
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return got, port
+            got += chunk

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from conftest import skip_on
-from systest import wait_until
+from systest import echo_once, wait_until
 
 CONF = "/etc/echod/echod.conf"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
@@ -119,26 +119,6 @@ def mtime_of(got, name):
 
 def types(text):
     return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
-
-
-def echo_once(payload, source=None):
-    """One connection to echod from the host (the container shares its network)."""
-    s = socket.socket()
-    try:
-        s.settimeout(10)
-        if source:
-            s.bind((source, 0))
-        s.connect(("127.0.0.1", 7))
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        got = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return got
-            got += chunk
-    finally:
-        s.close()
 
 
 def refused_from(source):
@@ -335,7 +315,7 @@ def test_node_exporter_shows_the_counters_of_known_traffic_refreshed_by_the_time
     sizes = [1, 10, 100, 1000, 65536]
     for n in sizes:
         payload = os.urandom(n)
-        assert echo_once(payload) == payload
+        assert echo_once("127.0.0.1", payload)[0] == payload
     for _ in range(3):
         assert refused_from("127.0.0.2")
     total = sum(sizes)
@@ -379,7 +359,7 @@ def test_node_exporter_shows_the_counters_of_known_traffic_refreshed_by_the_time
     assert leftovers(c) == []
 
     # more traffic; the next run of the timer (15 s) refreshes the file
-    assert echo_once(b"refresh") == b"refresh"
+    assert echo_once("127.0.0.1", b"refresh")[0] == b"refresh"
     settled(len(sizes) + 1, 3, total + 7)
     settled_at = float(c.sh("date +%s.%N").stdout)
     wait_until(f"{PROM} to be rewritten after the traffic",

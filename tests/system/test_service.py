@@ -11,27 +11,13 @@ import subprocess
 import pytest
 
 from conftest import have_ipv6_loopback
-from systest import ECHOC, port_in_use, wait_until
+from systest import ECHOC, echo_once, port_in_use, wait_until
 
 CONF = "/etc/echod/echod.conf"
 MSG_CONNECTION = "8a3e1c2f6b7d4e09a1c5d2b3f4e6a705"
 MSG_RELOADED = "8a3e1c2f6b7d4e09a1c5d2b3f4e6a703"
 MSG_RELOAD_FAILED = "8a3e1c2f6b7d4e09a1c5d2b3f4e6a704"
 CAP_NET_BIND_SERVICE = 1 << 10
-
-
-def echo_once(host, payload, timeout=10):
-    """One connection: send, half-close, read the echo to EOF. Returns (echo, local port)."""
-    with socket.create_connection((host, 7), timeout=timeout) as s:
-        port = s.getsockname()[1]
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        got = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return got, port
-            got += chunk
 
 
 def echoc(*args, input=None, timeout=60):
