@@ -36,6 +36,14 @@ typedef struct Leaving {
         struct Leaving *next;
 } Leaving;
 
+/* The worker end of a channel whose worker was freed (its socket no longer configured) while its
+ * hand-off was out: the spawner may still send that descriptor number, so it stays open until
+ * the spawner says what became of the hand-off. */
+typedef struct Handed {
+        int slot, fd;
+        struct Handed *next;
+} Handed;
+
 struct Udp {
         sd_event *event;
         const Config *config;
@@ -45,6 +53,7 @@ struct Udp {
         Worker **workers;
         unsigned n;
         Leaving *leaving;
+        Handed *handed;
         uint32_t generation; /* of the policy in force */
         int next_slot;
         UdpTotals totals, summarised;
@@ -180,13 +189,31 @@ static void worker_detach(Worker *w) {
 }
 
 static void worker_free(Worker *w) {
+        Handed *h;
+
         if (!w)
                 return;
         worker_detach(w);
-        /* a hand-off still out: the spawner's callback closes theirs */
+        if (w->theirs >= 0 && (h = calloc(1, sizeof(Handed)))) {
+                *h = (Handed) { .slot = w->slot, .fd = TAKE_FD(w->theirs), .next = w->owner->handed };
+                w->owner->handed = h;
+        }
         w->theirs = safe_close(w->theirs);
         listener_free(w->sock);
         free(w);
+}
+
+/* The spawner settled a hand-off of a freed worker: its descriptor can go. True if slot was one. */
+static bool handed_settled(Udp *u, int slot) {
+        for (Handed **h = &u->handed; *h; h = &(*h)->next)
+                if ((*h)->slot == slot) {
+                        Handed *done = *h;
+                        *h = done->next;
+                        safe_close(done->fd);
+                        free(done);
+                        return true;
+                }
+        return false;
 }
 
 static int on_restart(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -269,8 +296,12 @@ static void worker_ended(Worker *w, int status) {
 static void on_started(void *userdata, int slot, pid_t pid, unsigned spawner) {
         Worker *w = worker_by_slot(userdata, slot);
 
-        if (!w)
+        if (!w) {
+                /* a freed worker's: it finds its channel closed and exits */
+                if (handed_settled(userdata, slot))
+                        leaving_add(userdata, pid);
                 return;
+        }
         w->theirs = safe_close(w->theirs);
         /* forked after its channel was closed (a stop, a replacement): it exits at once, and the
          * replacement that waited for this hand-off starts now (not while stopping) */
@@ -285,8 +316,10 @@ static void on_failed(void *userdata, int slot, int error) {
         Worker *w = worker_by_slot(userdata, slot);
         char a[IPADDR_STR_MAX];
 
-        if (!w)
+        if (!w) {
+                (void) handed_settled(userdata, slot);
                 return;
+        }
         w->theirs = safe_close(w->theirs);
         if (error != -ECANCELED)
                 log_error_errno(error, "Failed to fork the UDP worker for %s, retrying in 1 s",
@@ -315,8 +348,10 @@ static void on_exited(void *userdata, pid_t pid, int status) {
 static void on_lost(void *userdata, int slot, unsigned spawner) {
         Worker *w = worker_by_slot(userdata, slot);
 
-        if (!w)
+        if (!w) {
+                (void) handed_settled(userdata, slot);
                 return;
+        }
         w->theirs = safe_close(w->theirs);
         worker_replace(w, false);
 }
@@ -391,6 +426,8 @@ Udp *udp_free(Udp *u) {
         free(u->workers);
         /* the channels are closed: the workers are gone or going; the spawner waits for its own */
         spawner_free(u->spawner);
+        while (u->handed)
+                (void) handed_settled(u, u->handed->slot);
         sandbox_free(u->sandbox);
         while (u->leaving) {
                 Leaving *l = u->leaving;

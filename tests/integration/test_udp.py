@@ -75,12 +75,12 @@ def worker_pids(e):
                 ppid = int(re.search(r"PPid:\s+(\d+)", f.read()).group(1))
         except (FileNotFoundError, ProcessLookupError, AttributeError):
             continue
-        if title.startswith(b"echod: udp ") and (ppid == e.proc.pid or ppid in Echo_kids(e)):
+        if title.startswith(b"echod: udp ") and (ppid == e.proc.pid or ppid in master_kids(e)):
             pids.append(int(pid))
     return pids
 
 
-def Echo_kids(e):
+def master_kids(e):
     return e._kids(e.proc.pid)
 
 
@@ -142,7 +142,7 @@ def test_udp_is_opt_in(echod_factory):
     assert status(e)["udp"]["listeners"] == []
     assert "listening on UDP" not in e.log()
     assert worker_pids(e) == []
-    titles = [open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[0] for p in Echo_kids(e)]
+    titles = [open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[0] for p in master_kids(e)]
     assert titles.count(b"echod: spawner") == 1
 
 
