@@ -300,6 +300,7 @@ def tcp_with_and_without_flood(net, e, packets, budget, seconds):
     return base, flooded, ratios
 
 
+@pytest.mark.heavy  # a rate of the real binary: under ASan every datagram and fork costs several times more
 def test_udp_flood_at_the_budget_leaves_the_tcp_rate_within_10_percent(echod_factory, net, victims):
     """Runs without (A) and with (B) a UDP flood interleaved, A B A B A B A B A, 2 s each; the
     flood (1,000 datagrams/s from 4 spoofed sources, each under udp_rate) is answered at the
