@@ -58,20 +58,42 @@ static unsigned fin_queued(uint8_t state, bool clean) {
                state == STATE_CLOSING || (state == STATE_CLOSE && clean);
 }
 
+/* One consistent reading: TCP_INFO and the two queue sizes are three calls, and a peer's ACK (or
+ * more data) landing between them would pair an old counter with a new queue size (an echo still
+ * in flight when its child exited was then counted short by what was acked meanwhile). The
+ * readings before and after the ioctls must agree; a live connection still moving after a few
+ * tries gets the last one, a sample. */
+static int read_consistent(int fd, struct tcp_info *ti, int *ret_unread, int *ret_unacked) {
+        for (unsigned try = 0;; try++) {
+                struct tcp_info after = { 0 };
+                socklen_t len = sizeof(*ti), len_after = sizeof(after);
+
+                *ti = (struct tcp_info) { 0 };
+                if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) < 0)
+                        return negative_errno();
+                if (len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti->tcpi_bytes_received))
+                        return -EOPNOTSUPP; /* kernel older than 4.1 */
+                if (ioctl(fd, SIOCINQ, ret_unread) < 0 || *ret_unread < 0)
+                        *ret_unread = 0;
+                if (ioctl(fd, SIOCOUTQ, ret_unacked) < 0 || *ret_unacked < 0)
+                        *ret_unacked = 0;
+                if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &after, &len_after) < 0)
+                        return negative_errno();
+                if ((after.tcpi_bytes_acked == ti->tcpi_bytes_acked &&
+                     after.tcpi_bytes_received == ti->tcpi_bytes_received && after.tcpi_state == ti->tcpi_state) ||
+                    try == 7)
+                        return 0;
+        }
+}
+
 int connstat_read(int fd, uint64_t skip, int worker_exit, ConnStat *ret) {
-        struct tcp_info ti = { 0 };
-        socklen_t len = sizeof(ti);
+        struct tcp_info ti;
         int unread = 0, unacked = 0;
 
         *ret = (ConnStat) { 0 };
-        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
-                return negative_errno();
-        if (len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti.tcpi_bytes_received))
-                return -EOPNOTSUPP; /* kernel older than 4.1 */
-        if (ioctl(fd, SIOCINQ, &unread) < 0 || unread < 0)
-                unread = 0;
-        if (ioctl(fd, SIOCOUTQ, &unacked) < 0 || unacked < 0)
-                unacked = 0;
+        int r = read_consistent(fd, &ti, &unread, &unacked);
+        if (r < 0)
+                return r;
         bool clean = ti.tcpi_state == STATE_CLOSE && closed_cleanly(fd, worker_exit);
 
         uint64_t minus = (uint64_t) unread + fin_received(ti.tcpi_state, clean) + skip;

@@ -37,6 +37,25 @@ def test_half_close_echoes_pending_then_fin(echod):
     assert bytes(got) == data
 
 
+def test_counts_exact_while_peer_still_reading(echod):
+    """A child that exits with its echo still in flight: the record counts every byte anyway (the
+    peer's ACKs keep arriving while the master reads the socket's counters)."""
+    data = os.urandom(4 * 1024 * 1024)
+    rounds = 30
+    for _ in range(rounds):
+        with connect(echod.endpoint()) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            n = 0
+            while True:
+                b = s.recv(1 << 20)
+                if not b:
+                    break
+                n += len(b)
+        assert n == len(data)
+    echod.wait_log(rf"closed: clean, {len(data)} bytes in, {len(data)} bytes out", count=rounds, timeout=5)
+
+
 def test_byte_at_a_time(echod):
     with connect(echod.endpoint()) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
