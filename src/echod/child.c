@@ -1,6 +1,8 @@
 /* The child, from fork() to the echo loop: file descriptors, process title, sandbox, then
  * worker_echo() and _exit() with its result. It runs in a forked copy of echod-spawner: what can
  * be done once (capabilities, oom_score_adj, signal handling) was done there, before any fork.
+ * Most children are forked as spares, ahead of their connection (spawner-main.c), and wait for it
+ * sandboxed already: child_spare_main(). One forked for a connection at hand runs child_main().
  *
  * Sandbox: the spawner loads the seccomp filter the master compiled (sandbox.c) into itself, once,
  * with no_new_privs and the fd and core limits; every child inherits all of it for free. Loading
@@ -13,6 +15,7 @@
  * spawner's private memory, nothing shared with any other process. */
 #include "echod/child.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/seccomp.h>
@@ -22,6 +25,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -103,8 +107,19 @@ static int sandbox_enter_child(const SpawnSandbox *s) {
         return setrlimit(RLIMIT_NPROC, &none) < 0 ? negative_errno() : 0;
 }
 
-_Noreturn void child_main(int fd, const SpawnConnection *req, const SpawnSandbox *sb, char *title_area,
-                          size_t title_size) {
+/* ps shows the peer: the title replaces the spawner's own ("echod: spawner"), whose argument area
+ * is longer and NUL after it. Titles come zero-padded to their full size, so one fixed-size copy
+ * (inlined: no call into libc's memcpy, a page of text this child would fault in) writes it and
+ * clears the rest of the spawner's. */
+static void set_title(const char title[static SPAWN_TITLE_MAX], char *title_area, size_t title_size) {
+        if (title_size > SPAWN_TITLE_MAX) {
+                memcpy(title_area, title, SPAWN_TITLE_MAX);
+                title_area[SPAWN_TITLE_MAX - 1] = 0;
+        }
+}
+
+/* From a connection's fd to its end; the sandbox is entered already. */
+static _Noreturn void child_run(int fd, const SpawnConnection *req, char *title_area, size_t title_size) {
         const uint64_t term = UINT64_C(1) << (SIGTERM - 1); /* the kernel's sigset_t */
 
         /* the connection becomes fd 3 (over the spawner's socket); every other fd above stdio goes */
@@ -116,18 +131,8 @@ _Noreturn void child_main(int fd, const SpawnConnection *req, const SpawnSandbox
         /* glibc's closefrom(): close_range(2), falling back to /proc/self/fd where that is refused
          * (old kernels, valgrind) */
         closefrom(4);
+        set_title(req->title, title_area, title_size);
 
-        /* ps shows the peer: the title replaces the spawner's own ("echod: spawner"), whose
-         * argument area is longer and NUL after it. The master zero-pads the title to its full
-         * size, so one fixed-size copy (inlined: no call into libc's memcpy, a page of text this
-         * child would fault in) writes it and clears the rest of the spawner's. */
-        if (title_size > sizeof(req->title)) {
-                memcpy(title_area, req->title, sizeof(req->title));
-                title_area[sizeof(req->title) - 1] = 0;
-        }
-
-        if (sandbox_enter_child(sb) < 0)
-                _exit(WORKER_SETUP_FAILED);
         /* a UDP worker keeps SIGTERM blocked: the end of its control channel stops it */
         if (req->kind == SPAWN_KIND_DATAGRAM)
                 _exit(udp_worker_main(fd));
@@ -140,4 +145,43 @@ _Noreturn void child_main(int fd, const SpawnConnection *req, const SpawnSandbox
         if (syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, &term, NULL, sizeof(term)) < 0)
                 _exit(WORKER_SETUP_FAILED);
         _exit(worker_echo(fd, &req->params));
+}
+
+_Noreturn void child_main(int fd, const SpawnConnection *req, const SpawnSandbox *sb, char *title_area,
+                          size_t title_size) {
+        if (sandbox_enter_child(sb) < 0)
+                _exit(WORKER_SETUP_FAILED);
+        child_run(fd, req, title_area, title_size);
+}
+
+_Noreturn void child_spare_main(int chan, const SpawnSandbox *sb, char *title_area, size_t title_size) {
+        static const char spare_title[SPAWN_TITLE_MAX] = "echod: spare";
+        SpawnConnection req;
+        ssize_t n;
+        int fd;
+
+        /* nothing of the spawner's but stdio and the receiving end of the spare channel: not its
+         * socket to the master, not its signalfd, not the channel's sending end (with that, a
+         * process could hand the next spare a connection of its own choosing) */
+        if (close_range(3, (unsigned) chan - 1, 0) < 0 || close_range((unsigned) chan + 1, ~0U, 0) < 0)
+                _exit(WORKER_SETUP_FAILED);
+        set_title(spare_title, title_area, title_size);
+        if (sandbox_enter_child(sb) < 0)
+                _exit(WORKER_SETUP_FAILED);
+
+        /* SIGTERM stays blocked while it waits: a drain's reaches it once it has a connection */
+        do
+                n = recv_with_fd(chan, &req, sizeof(req), 0, &fd);
+        while (n == -EINTR);
+        if (n == 0)
+                _exit(WORKER_CLEAN); /* the spawner is gone: no connection will come */
+        if (n != (ssize_t) sizeof(req) || fd < 0)
+                _exit(WORKER_SETUP_FAILED);
+
+        /* taken: the spawner may fork the next spare. Then the channel goes, before a byte of the
+         * peer's is read: this process never receives a second connection. */
+        pid_t me = getpid();
+        if (send(chan, &me, sizeof(me), MSG_NOSIGNAL) < 0 || close(chan) < 0)
+                _exit(WORKER_SETUP_FAILED);
+        child_run(fd, &req, title_area, title_size);
 }

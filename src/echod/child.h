@@ -21,3 +21,9 @@ int sandbox_enter_spawner(const SpawnSandbox *s);
  * sandbox, echo, and _exit with a WorkerExit. */
 _Noreturn void child_main(int fd, const SpawnConnection *req, const SpawnSandbox *sb, char *title_area,
                           size_t title_size);
+
+/* In a spare, forked ahead of need (spawner-main.c): keep stdio and chan, the receiving end of the
+ * spare channel, and nothing else; enter the sandbox; wait for one SpawnConnection with its
+ * connection (SCM_RIGHTS); answer with our pid; close chan; then as child_main(). The spawner's end
+ * closing before that is an _exit(0) with no connection. */
+_Noreturn void child_spare_main(int chan, const SpawnSandbox *sb, char *title_area, size_t title_size);

@@ -46,6 +46,7 @@ typedef struct SpawnSandbox {
         uint32_t type;
         uint32_t enabled;    /* 0: sandbox = false, no filter and no limits */
         uint32_t filter_len; /* instructions in filter[] */
+        uint32_t spare;      /* 1: keep a child forked ahead of need (spawner-main.c) */
         struct sock_filter filter[SPAWN_FILTER_MAX];
 } SpawnSandbox;
 

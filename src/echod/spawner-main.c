@@ -7,9 +7,19 @@
  * that is the whole point of it (bench/FINDINGS.md). It never logs (the master does, from the
  * events it is sent) and exits when the master's end closes.
  *
- * Loop: poll the socket and a SIGCHLD signalfd; reap every exited child; read requests (fork for
- * each connection, store the sandbox); send the events in batches. A
- * master that stops reading makes the spawner stop reading and reaping, never grow. */
+ * Loop: poll the socket and a SIGCHLD signalfd; reap every exited child; read requests (hand each
+ * connection to the spare, or fork for it; store the sandbox); send the events in batches; fork a
+ * spare if there is none. A master that stops reading makes the spawner stop reading and reaping,
+ * never grow.
+ *
+ * The spare: a child forked ahead of need, sandboxed like any other, waiting on the spare channel
+ * (a socketpair made before the sandbox, which allows no new one) for the one connection it will
+ * serve. A connection handed to it waits for no fork; the next spare is forked while it echoes.
+ * One spare at a time, and the next is forked only once the last one answered that it took its
+ * connection (or died): two processes never wait on the channel together, so the connection goes
+ * to the pid the master is told. A spare that dies unused is replaced at once; if its replacement
+ * dies unused too, the next connection is forked for directly first, so a spare that cannot start
+ * never becomes a fork loop. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -24,6 +34,7 @@
 
 #include "echod/child.h"
 #include "shared/hashmap.h"
+#include "shared/io.h"
 #include "shared/macro.h"
 #include "shared/mem.h"
 
@@ -43,12 +54,18 @@ static SpawnSandbox sandbox; /* the children read it */
 static bool sandbox_set;
 static char *title_area;
 static size_t title_size;
+/* the spare channel: [0] the spawner sends connections (and reads answers), [1] the spare receives */
+static int spare_chan[2] = { -1, -1 };
 
 /* Written at every turn of the loop: kept out of the children (MADV_DONTFORK), so writing it after
  * a fork is no copy-on-write fault (one per page per fork, otherwise). */
 typedef struct State {
         SpawnRequest req;
         bool reap_pending; /* reap() stopped for want of room, or SIGCHLD came */
+        pid_t spare;       /* waiting on the spare channel, no connection yet; 0: none */
+        pid_t handed;      /* handed a connection, has not said it took it; 0: none */
+        unsigned spare_deaths; /* spares in a row that died unused */
+        bool spare_holdoff;    /* two did: fork the next connection directly first */
         size_t n_events;
         SpawnEvent events[EVENTS_CAP]; /* unsent, in order */
 } State;
@@ -80,6 +97,55 @@ static int flush_events(int sock) {
         return 0;
 }
 
+/* The handed spare died before it said it took its connection: if the hand-off still waits in
+ * the channel, close it here, or the next spare would serve a connection the master, told of this
+ * pid's end, no longer counts. No other process reads the channel now. */
+static void spare_lost_handoff(void) {
+        SpawnConnection stale;
+        int fd;
+
+        while (recv_with_fd(spare_chan[1], &stale, sizeof(stale), MSG_DONTWAIT, &fd) > 0)
+                safe_close(fd);
+        st->handed = 0;
+}
+
+/* The spare's answers: its pid, once it holds its connection. One that is not the handed spare's
+ * is an old one's (it took its connection, then died before this was read): ignored. */
+static void read_spare_answers(void) {
+        pid_t pid;
+
+        while (recv(spare_chan[0], &pid, sizeof(pid), MSG_DONTWAIT) == (ssize_t) sizeof(pid))
+                if (pid == st->handed)
+                        st->handed = 0;
+}
+
+/* Hand the connection to the waiting spare. Returns false if there is none or it cannot be sent:
+ * then the caller forks for it. */
+static bool spare_take(const SpawnConnection *req, int fd) {
+        if (st->spare <= 0 || req->kind != SPAWN_KIND_CONNECTION ||
+            send_with_fd(spare_chan[0], req, sizeof(*req), fd) < 0)
+                return false;
+        st->handed = st->spare;
+        st->spare = 0;
+        st->spare_deaths = 0;
+        (void) hashmap_put(live, &st->handed, (int32_t) req->slot);
+        push_event(SPAWN_STARTED, req->slot, st->handed, 0);
+        return true;
+}
+
+/* A spare, if the master wants them and none is waiting or being handed one. */
+static void spare_fork(void) {
+        if (!sandbox_set || !sandbox.spare || st->spare > 0 || st->handed > 0 || st->spare_holdoff)
+                return;
+        pid_t pid = _Fork();
+        if (pid == 0)
+                child_spare_main(spare_chan[1], &sandbox, title_area, title_size);
+        if (pid < 0)
+                st->spare_holdoff = true; /* again after the next connection's own fork */
+        else
+                st->spare = pid;
+}
+
 /* Reap what exited; if it stops for want of room for the events, it goes on after the next send. */
 static void reap(void) {
         int status;
@@ -92,6 +158,15 @@ static void reap(void) {
                         st->reap_pending = false;
                         return;
                 }
+                if (pid == st->spare) {
+                        /* never had a connection: the master does not know it. Replaced at once,
+                         * unless the one before died unused too (a spare that cannot start) */
+                        st->spare = 0;
+                        st->spare_holdoff = ++st->spare_deaths >= 2;
+                        continue;
+                }
+                if (pid == st->handed)
+                        spare_lost_handoff();
                 hashmap_remove(live, &pid);
                 push_event(SPAWN_EXITED, 0, pid, status);
         }
@@ -107,6 +182,10 @@ static void spawn(const SpawnConnection *request, int fd) {
         }
         /* the child's clock starts here: reading it there would fault in the vDSO's pages */
         req.params.start_usec = worker_now();
+        if (spare_take(&req, fd))
+                return;
+        st->spare_holdoff = false;
+        st->spare_deaths = 0;
         /* _Fork(): no atfork handlers, no malloc or stdio locks taken and released around it (each
          * a write to a libc page, then a copy-on-write fault); this process is single-threaded and
          * the child allocates nothing */
@@ -127,24 +206,12 @@ static int read_requests(int sock) {
         SpawnRequest *req = &st->req;
 
         for (unsigned i = 0; i < BATCH && events_room(2); i++) {
-                union {
-                        struct cmsghdr h;
-                        char buf[CMSG_SPACE(sizeof(int))];
-                } control;
-                struct iovec iov = { .iov_base = req, .iov_len = sizeof(*req) };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
-                                     .msg_controllen = sizeof(control) };
-                int fd = -1;
-
-                ssize_t n = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+                int fd;
+                ssize_t n = recv_with_fd(sock, req, sizeof(*req), MSG_DONTWAIT, &fd);
                 if (n == 0)
                         return 1;
                 if (n < 0)
-                        return errno == EAGAIN || errno == EINTR ? 0 : 1;
-                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-                        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-                            c->cmsg_len == CMSG_LEN(sizeof(int)))
-                                memcpy(&fd, CMSG_DATA(c), sizeof(int));
+                        return n == -EAGAIN || n == -EINTR ? 0 : 1;
 
                 if (req->type == SPAWN_CONNECTION && n == sizeof(SpawnConnection) && fd >= 0 && sandbox_set) {
                         spawn(&req->connection, fd);
@@ -168,7 +235,7 @@ static int read_requests(int sock) {
 }
 
 int main(int argc, char *argv[]) {
-        struct pollfd p[2];
+        struct pollfd p[3];
         sigset_t mask;
         int sigfd;
 
@@ -179,6 +246,9 @@ int main(int argc, char *argv[]) {
         title_size = (size_t) (argv[argc - 1] + strlen(argv[argc - 1]) + 1 - argv[0]);
 
         live = hashmap_new(sizeof(pid_t), SLOTS_MAX * 2);
+        /* made now: the sandbox allows no socketpair() */
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, spare_chan) < 0)
+                return EXIT_SETUP;
         st = mem_alloc_unshared(sizeof(State));
         if (!live || !st || child_prepare_once() < 0)
                 return EXIT_SETUP;
@@ -201,7 +271,8 @@ int main(int argc, char *argv[]) {
                 p[0] = (struct pollfd) { .fd = SPAWN_FD_SOCKET, .events = (events_room(2) ? POLLIN : 0) |
                                                                          (st->n_events > 0 ? POLLOUT : 0) };
                 p[1] = (struct pollfd) { .fd = sigfd, .events = POLLIN };
-                if (poll(p, 2, -1) < 0 && errno != EINTR)
+                p[2] = (struct pollfd) { .fd = spare_chan[0], .events = st->handed > 0 ? POLLIN : 0 };
+                if (poll(p, 3, -1) < 0 && errno != EINTR)
                         return EXIT_SETUP;
                 if (p[1].revents) {
                         /* SIGCHLD is not queued: one read empties the signalfd */
@@ -210,6 +281,8 @@ int main(int argc, char *argv[]) {
                         st->reap_pending = true;
                 }
                 /* a slot's EXITED never overtakes its STARTED: both are in order */
+                if (p[2].revents & POLLIN)
+                        read_spare_answers();
                 if (st->reap_pending)
                         reap();
                 if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -221,6 +294,9 @@ int main(int argc, char *argv[]) {
                 }
                 if (st->n_events > 0 && flush_events(SPAWN_FD_SOCKET) < 0)
                         break;
+                /* after the events are out: the master hears of this batch first */
+                if (events_room(2))
+                        spare_fork();
         }
         /* what exited meanwhile is reported if the master still reads (a retired spawner: the
          * master shut down only its sending side) */

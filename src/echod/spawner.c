@@ -468,6 +468,8 @@ static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
         s->procs = p;
         /* the first message, before any connection: the sandbox every child inherits */
         sandbox_request(sb, &req);
+        /* a connection never waits for a fork; a UDP worker is forked rarely, and is long-lived */
+        req.spare = s->kind == SPAWN_KIND_CONNECTION;
         r = send(p->fd, &req, sizeof(req), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? negative_errno() : 0;
         if (r >= 0)
                 r = sd_event_add_io(s->event, &p->io, p->fd, EPOLLIN, on_proc_io, p);

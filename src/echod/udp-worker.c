@@ -163,22 +163,12 @@ static int read_control(int ctl, bool wait) {
 
 /* The first message: the socket to serve. */
 static int receive_socket(int ctl) {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control;
         UdpSocketMsg m;
-        struct iovec iov = { .iov_base = &m, .iov_len = sizeof(m) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
-                             .msg_controllen = sizeof(control) };
-        int fd = -1;
+        int fd;
 
-        ssize_t n = recvmsg(ctl, &mh, MSG_CMSG_CLOEXEC);
+        ssize_t n = recv_with_fd(ctl, &m, sizeof(m), 0, &fd);
         if (n < 0)
-                return negative_errno();
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
-                        memcpy(&fd, CMSG_DATA(c), sizeof(int));
+                return (int) n;
         if (n != sizeof(m) || m.type != UDP_MSG_SOCKET || fd < 0) {
                 safe_close(fd);
                 return -EBADMSG;

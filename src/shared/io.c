@@ -45,6 +45,25 @@ ssize_t read_full(int fd, void *buf, size_t len) {
         return (ssize_t) got;
 }
 
+ssize_t recv_with_fd(int sock, void *buf, size_t len, int flags, int *ret_fd) {
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control;
+        struct iovec iov = { .iov_base = buf, .iov_len = len };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                             .msg_controllen = sizeof(control) };
+
+        *ret_fd = -1;
+        ssize_t n = recvmsg(sock, &mh, flags | MSG_CMSG_CLOEXEC);
+        if (n < 0)
+                return -errno;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
+                        memcpy(ret_fd, CMSG_DATA(c), sizeof(int));
+        return n;
+}
+
 int fd_set_nonblock(int fd, int nonblock) {
         int flags = fcntl(fd, F_GETFL);
         if (flags < 0)

@@ -249,11 +249,26 @@ class Echod:
                 pass
         return None
 
+    @staticmethod
+    def _title(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().split(b"\0")[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+
     def children(self):
         """PIDs of the live connection processes: the spawner's children, and any the master adopted
-        when a spawner died."""
+        when a spawner died; not the spare (forked ahead, no connection yet: titled "echod: spare",
+        or still the spawner's own title in the instant after its fork)."""
         spawner = self.spawner()
-        return [p for p in self._kids(self.proc.pid) if p != spawner] + (self._kids(spawner) if spawner else [])
+        kids = [p for p in self._kids(self.proc.pid) if p != spawner] + (self._kids(spawner) if spawner else [])
+        return [p for p in kids if self._title(p) not in (b"echod: spare", b"echod: spawner")]
+
+    def spares(self):
+        """PIDs of the spawner's spares: children forked ahead of need, waiting for a connection."""
+        spawner = self.spawner()
+        return [p for p in (self._kids(spawner) if spawner else []) if self._title(p) == b"echod: spare"]
 
 
 def prlimit(pid, *spec):

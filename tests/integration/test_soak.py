@@ -575,19 +575,24 @@ class Soak:
 
     def tree(self):
         """(spawners, live workers): the master's children titled 'echod: spawner', and every live
-        (not zombie) child of those and of the master (workers adopted after a spawner died)."""
+        (not zombie) child of those and of the master (workers adopted after a spawner died); a
+        spare (forked ahead, no connection: 'echod: spare', or the spawner's title in the instant
+        after its fork) is no worker."""
         spawners, workers = [], set()
         for p in kids(self.master):
             t = title(p)
-            if t is None:
+            if t is None or t == b"echod: spare":
                 continue
             if t == b"echod: spawner":
                 if alive(p):
                     spawners.append(p)
-                workers.update(k for k in kids(p) if alive(k))
+                workers.update(k for k in kids(p) if alive(k) and title(k) not in (b"echod: spare", b"echod: spawner"))
             elif alive(p):
                 workers.add(p)
         return spawners, workers
+
+    def spares(self):
+        return [k for p in self.tree()[0] for k in kids(p) if title(k) == b"echod: spare" and alive(k)]
 
     def grandfathered_pending(self):
         return sum(1 for c in list(self.g_pending) if not c.refused and not c.client_shut)
@@ -965,7 +970,7 @@ class Soak:
                      "kill_spawner": 10, "ping": 7}
         else:
             table = {"connect": 22, "burst": 8, "ping": 10, "close": 10, "proxy": 5, "kill_worker": 6,
-                     "kill_spawner": 4, "stop_spawner": 5, "reload_valid": 10, "reload_sandbox": 4,
+                     "kill_spare": 3, "kill_spawner": 4, "stop_spawner": 5, "reload_valid": 10, "reload_sandbox": 4,
                      "reload_invalid": 4, "reload_busy": 5, "fd_exhaust": 3, "quick": 6}
         names = [n for n in table if n not in EXCLUDE or n == "cont"]
         return rng.choices(names, weights=[table[n] for n in names])[0]
@@ -1272,6 +1277,18 @@ class Soak:
             c.close()
             done.append((c.peer, c.pid))
         self.note(f"kill -9 worker {done}")
+
+    def act_kill_spare(self):
+        """The spare, forked ahead of need, killed while it waits (or just as it is handed a
+        connection): it costs at most that connection, never the accounting; the next one is served."""
+        spares = self.spares()
+        if not spares:
+            return self.act_connect()
+        killed = self.signal_pid(spares[0], signal.SIGKILL, set(self.tree()[0]) | {self.master})
+        if killed:
+            wait_until(lambda: not alive(spares[0]), IO_TIMEOUT, "the spare to die")
+        self.note(f"kill -9 spare {spares[0]}: {killed}")
+        return self.act_connect()
 
     def current_spawner(self):
         try:

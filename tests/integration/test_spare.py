@@ -1,0 +1,167 @@
+"""The spare: echod-spawner keeps one child forked ahead of need, so a connection waits for no
+fork. It is sandboxed like every child, serves exactly one connection, and losing it (killed
+waiting, killed holding its hand-off, the spawner gone) costs at most that connection."""
+import os
+import signal
+import socket
+import time
+
+from conftest import connect, echo_roundtrip, ping, proc_status, wait_until
+
+
+def fds(pid):
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def limits(pid):
+    with open(f"/proc/{pid}/limits") as f:
+        return {ln[:26].strip(): ln[26:].split() for ln in f.read().splitlines()[1:]}
+
+
+def one_spare(e, other_than=()):
+    """The spawner's spare, other than those given (waited for: it is forked once the events of a
+    batch are out)."""
+    return wait_until(lambda: [p for p in e.spares() if p not in other_than], 5, "a spare")[0]
+
+
+def child_of(e, s):
+    """The pid serving connection s: the process holding its server side."""
+    local, peer = s.getsockname(), s.getpeername()
+    want = None
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            parts = line.split()
+            la, ra, inode = parts[1], parts[2], parts[9]
+            if int(la.split(":")[1], 16) == peer[1] and int(ra.split(":")[1], 16) == local[1]:
+                want = f"socket:[{inode}]"
+    assert want, "server side of the connection not found"
+    holders = [p for p in e.children() if want in fds(p).values()]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
+def test_a_spare_waits_sandboxed_and_the_next_connection_is_its(echod_factory):
+    e = echod_factory()
+    spare = one_spare(e)
+    spawner = e.spawner()
+    st = proc_status(spare)
+    # sandboxed exactly as a connection's child: the spawner's one filter, no privileges, no forks
+    assert (st["Seccomp"], st["Seccomp_filters"], st["NoNewPrivs"]) == ("2", "1", "1"), st
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(st[cap], 16) == 0, (cap, st[cap])
+    assert st["Uid"] == proc_status(e.children()[0] if e.children() else spare)["Uid"]
+    assert st["PPid"] == str(spawner)
+    assert limits(spare)["Max processes"][:2] == ["0", "0"]
+    # nothing of the spawner's: stdio and the receiving end of the spare channel
+    f = fds(spare)
+    assert sorted(f) in ([0, 1, 2, 3], [0, 1, 2, 4], [0, 1, 2, 5]) and len(f) == 4, f
+    assert all(f[i] == "/dev/null" for i in (0, 1, 2)) or os.environ.get("ECHOD_SANITIZED"), f
+    assert [v for k, v in f.items() if k > 2][0].startswith("socket:")
+
+    s = connect(e.endpoint())
+    assert ping(s, os.urandom(3000))
+    # the connection went to the process that was waiting before it was made
+    assert child_of(e, s) == spare
+    assert proc_status(spare)["Seccomp"] == "2"
+    # which now has its connection as fd 3 and nothing else: no channel for a second one
+    f = fds(spare)
+    assert sorted(f) == [0, 1, 2, 3], f
+    with open(f"/proc/{spare}/cmdline", "rb") as fh:
+        assert fh.read().split(b"\0")[0].startswith(b"echod: 127.0.0.1:")
+    # and a new spare waits already, another process
+    nxt = one_spare(e, other_than=(spare,))
+    assert nxt != spare
+    s.close()
+    e.wait_log(rf"closed: clean, 3000 bytes in, 3000 bytes out, [\d.]+ s, pid {spare}$")
+
+
+def test_every_connection_gets_a_fresh_process_that_ends_with_it(echod_factory):
+    e = echod_factory()
+    seen = []
+    for i in range(40):
+        spare = one_spare(e, other_than=seen)
+        with connect(e.endpoint()) as s:
+            assert ping(s, os.urandom(100 + i))
+            pid = child_of(e, s)
+        assert pid == spare and pid not in seen, (i, pid, spare, seen, e.log()[-600:])
+        seen.append(pid)
+    e.wait_log(r"closed: clean, \d+ bytes in, \d+ bytes out, [\d.]+ s, pid \d+$", count=40)
+    for pid in seen:
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+                   open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX", 5, f"{pid} to end")
+    pids = [int(p) for p in __import__("re").findall(r"closed: clean, .* pid (\d+)$", e.log(), __import__("re").M)]
+    assert sorted(pids) == sorted(seen)  # one record each, none served twice
+    assert len(e.spares()) == 1
+
+
+def test_a_spare_killed_while_waiting_costs_no_connection(echod_factory):
+    e = echod_factory()
+    spare = one_spare(e)
+    os.kill(spare, signal.SIGKILL)
+    # replaced at once; the master never knew it: no record, nothing counted
+    nxt = one_spare(e, other_than=(spare,))
+    assert f"pid {spare}" not in e.log()
+    with connect(e.endpoint()) as s:
+        assert ping(s, b"after the spare died")
+        assert child_of(e, s) == nxt
+    # two in a row that die unused (a spare that cannot start): no fork loop, the next connection
+    # is forked for directly, and then a spare waits again
+    third = one_spare(e, other_than=(spare, nxt))
+    os.kill(third, signal.SIGKILL)
+    fourth = one_spare(e, other_than=(spare, nxt, third))
+    os.kill(fourth, signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(f"/proc/{fourth}") or
+               open(f"/proc/{fourth}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX", 5, "the spare to end")
+    wait_until(lambda: not os.path.exists(f"/proc/{fourth}"), 5, "the spawner to reap it")
+    assert e.spares() == []
+    with connect(e.endpoint()) as s:
+        assert ping(s, b"forked for directly")
+        assert child_of(e, s) not in (spare, nxt, third, fourth)
+        one_spare(e, other_than=(spare, nxt, third, fourth))
+    assert e.wait_log(r"closed: clean, \d+ bytes in, \d+ bytes out", count=2)
+
+
+def test_a_spare_killed_holding_its_handoff_ends_that_connection_only(echod_factory):
+    """A spare stopped before it takes its connection, then killed: the hand-off waiting in the
+    channel is closed by the spawner (the next spare must not serve a connection the master has
+    ended), the client sees its end, the record names the killed pid, the next one is served."""
+    e = echod_factory(max_connections=2)
+    spare = one_spare(e)
+    os.kill(spare, signal.SIGSTOP)
+    wait_until(lambda: open(f"/proc/{spare}/stat").read().rsplit(")", 1)[1].split()[0] == "T", 5, "stopped")
+    victim = connect(e.endpoint())
+    victim.sendall(b"never echoed")
+    other = connect(e.endpoint())  # forked for directly: the spare is still handed the first
+    assert ping(other)
+    os.kill(spare, signal.SIGKILL)
+    victim.settimeout(5)
+    try:
+        assert victim.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    e.wait_log(rf"closed: killed-by-SIGKILL, \d+ bytes in, 0 bytes out, [\d.]+ s, pid {spare}$")
+    victim.close()
+    # the slot came back: with max_connections = 2 and `other` still open, one more is admitted
+    nxt = one_spare(e, other_than=(spare,))
+    with connect(e.endpoint()) as s:
+        assert ping(s, b"the slot is free again")
+        assert child_of(e, s) == nxt
+    assert ping(other)
+    other.close()
+
+
+def test_stop_and_spawner_end_leave_no_spare(echod_factory):
+    e = echod_factory()
+    spare = one_spare(e)
+    with connect(e.endpoint()) as s:
+        assert echo_roundtrip(s, os.urandom(10000)) is not None
+    nxt = one_spare(e, other_than=(spare,))
+    assert e.stop() == 0
+    wait_until(lambda: not os.path.exists(f"/proc/{nxt}") or
+               open(f"/proc/{nxt}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX", 5, "the spare to end")
