@@ -335,9 +335,15 @@ class Container:
         return None
 
     def children(self, main_pid):
-        """The connection processes: the spawner's children (and any the master adopted)."""
+        """The connection processes: the spawner's children (and any the master adopted), not its
+        spare (forked ahead, no connection: "echod: spare", or the spawner's title just after its fork)."""
         spawner = self.spawner(main_pid)
-        return [p for p in self.kids(main_pid) if p != spawner] + (self.kids(spawner) if spawner else [])
+        kids = [p for p in self.kids(main_pid) if p != spawner] + (self.kids(spawner) if spawner else [])
+        titles = self.sh("".join(f"printf '%s ' {p}; tr '\\0' ' ' < /proc/{p}/cmdline 2>/dev/null; echo; "
+                                 for p in kids), check=False).stdout if kids else ""
+        spares = {int(ln.split(" ", 1)[0]) for ln in titles.splitlines()
+                  if ln.split(" ", 1)[-1].strip() in ("echod: spare", "echod: spawner")}
+        return [p for p in kids if p not in spares]
 
     def cmdline(self, pid):
         return self.read(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
