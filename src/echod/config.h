@@ -7,7 +7,7 @@
 
 #include "shared/ipaddr.h"
 
-#define CONFIG_MAX_CONNECTIONS 65536
+#define CONFIG_MAX_CONNECTIONS 262144
 #define CONFIG_MAX_LISTEN 32
 #define CONFIG_MAX_CIDRS 4096
 

@@ -132,6 +132,16 @@ static void test_defaults(void **state) {
         config_free(c);
 }
 
+/* The largest limits parse (tests/configs/bad/out-of-range.conf: one above them does not). */
+static void test_largest_max_connections(void **state) {
+        Config *c = load("good/max-connections-largest.conf");
+
+        assert_int_equal(c->max_connections, 262144);
+        assert_int_equal(c->max_connections, CONFIG_MAX_CONNECTIONS);
+        assert_int_equal(c->max_per_source, 262144);
+        config_free(c);
+}
+
 static void test_all_keys(void **state) {
         Config *c = load("good/all-keys.conf");
 
@@ -412,6 +422,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_bad_fixtures),   cmocka_unit_test(test_good_fixtures),
                 cmocka_unit_test(test_defaults),       cmocka_unit_test(test_all_keys),
+                cmocka_unit_test(test_largest_max_connections),
                 cmocka_unit_test(test_wildcard_expands), cmocka_unit_test(test_string_escapes),
                 cmocka_unit_test(test_missing_file),   cmocka_unit_test(test_shipped_config),
                 cmocka_unit_test(test_proxy_listeners),
