@@ -170,8 +170,8 @@ static int drop_privileges(const Config *c) {
 }
 
 /* The master holds every admitted connection's socket until its process is gone (children.c): the
- * soft limit on open files goes up to the hard one (under systemd, LimitNOFILE= sets both, and
- * the unit's filter refuses setrlimit). Returns the limit in force. */
+ * soft limit on open files goes up to the hard one (under systemd, LimitNOFILE= sets both).
+ * Returns the limit in force. */
 static uint64_t nofile_raise(void) {
         struct rlimit rl;
 
