@@ -528,6 +528,7 @@ int config_load(const char *path, Config **ret, char **ret_error) {
         r = config_check(c);
         if (r < 0)
                 goto fail;
+        c->max_connections_line = key_line("max_connections");
 
         parse.text = NULL;
         *ret = TAKE_PTR(c);
@@ -564,6 +565,35 @@ unsigned config_listen_addresses(const Config *c, ListenAddr *out, unsigned max)
 
 unsigned config_udp_addresses(const Config *c, ListenAddr *out, unsigned max) {
         return addresses(&c->listen_udp, false, true, out, max);
+}
+
+uint64_t config_nofile_need(const Config *c) {
+        ListenAddr addrs[4 * CONFIG_MAX_LISTEN];
+        unsigned n = config_listen_addresses(c, addrs, ELEMENTSOF(addrs));
+
+        n += config_udp_addresses(c, addrs + n, ELEMENTSOF(addrs) - n);
+        return (uint64_t) c->max_connections + n + CONFIG_NOFILE_OWN;
+}
+
+int config_check_nofile(const Config *c, uint64_t limit, char **ret_error) {
+        uint64_t need = config_nofile_need(c);
+        char where[32] = "";
+        int r;
+
+        if (limit >= need)
+                return 0;
+        if (!ret_error)
+                return -EMFILE;
+        if (c->max_connections_line > 0)
+                snprintf(where, sizeof(where), ":%d", c->max_connections_line);
+        r = asprintf(ret_error,
+                     "%s%s: max_connections: %u%s needs %llu file descriptors; this process may have %llu "
+                     "(raise LimitNOFILE= / ulimit -n)",
+                     c->path, where, c->max_connections, c->max_connections_line > 0 ? "" : " (the default)",
+                     (unsigned long long) need, (unsigned long long) limit);
+        if (r < 0)
+                *ret_error = NULL;
+        return -EMFILE;
 }
 
 unsigned config_burst(double rate, unsigned burst) {

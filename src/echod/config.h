@@ -7,9 +7,13 @@
 
 #include "shared/ipaddr.h"
 
-#define CONFIG_MAX_CONNECTIONS 65536
+#define CONFIG_MAX_CONNECTIONS 262144
 #define CONFIG_MAX_LISTEN 32
 #define CONFIG_MAX_CIDRS 4096
+/* open files the master needs beside its connections and listeners: stdio, the event loop's
+ * epoll, signalfds and timers, the control socket and a client or two, each spawner's socket
+ * (a retiring one too), the pinned spawner binary (an idle master with UDP has 13) */
+#define CONFIG_NOFILE_OWN 32
 
 typedef struct ListenEntry {
         char *text;    /* as written: "0.0.0.0:7", "[::]:7", "*:7", "127.0.0.1:7 proxy" */
@@ -87,6 +91,7 @@ typedef struct Config {
         unsigned udp_sources;        /* source groups tracked at once */
         unsigned udp_max_size;       /* larger datagrams are not answered */
         PortList udp_deny_ports;
+        int max_connections_line;    /* where the file sets max_connections; 0 = the default */
 } Config;
 
 /* Parse and validate path into a new Config. On failure returns -errno (-EINVAL for a bad file)
@@ -106,6 +111,16 @@ void config_dump(const Config *c, FILE *f);
 unsigned config_listen_addresses(const Config *c, ListenAddr *out, unsigned max);
 /* The same for listen_udp (never proxy). */
 unsigned config_udp_addresses(const Config *c, ListenAddr *out, unsigned max);
+
+/* Open files the master needs for c: one per connection max_connections admits (children.c holds
+ * each one's socket until its process is gone), one per listener, and CONFIG_NOFILE_OWN. */
+uint64_t config_nofile_need(const Config *c);
+
+/* Whether a master that may have limit open files can hold every connection c admits: 0, or
+ * -EMFILE and, if ret_error is not NULL, a malloc'd "file:line: max_connections: N needs M file
+ * descriptors; this process may have L (...)". Connections waiting (the queue, PROXY headers) are
+ * not counted: without a descriptor they wait in the kernel's backlog instead. */
+int config_check_nofile(const Config *c, uint64_t limit, char **ret_error);
 
 /* Effective bursts: the configured one, or max(1, ceil(rate)). */
 unsigned config_burst(double rate, unsigned burst);

@@ -169,24 +169,20 @@ static int drop_privileges(const Config *c) {
         return 0;
 }
 
-/* The master holds every admitted connection's socket until its process is gone (children.c), on
- * top of its listeners and the connections waiting: the soft limit on open files goes up to the
- * hard one, and a hard one too low for max_connections is said once. */
-#define NOFILE_RESERVE 1024
-static void raise_nofile(const Config *c) {
-        rlim_t want = (rlim_t) c->max_connections + NOFILE_RESERVE;
+/* The master holds every admitted connection's socket until its process is gone (children.c): the
+ * soft limit on open files goes up to the hard one (under systemd, LimitNOFILE= sets both).
+ * Returns the limit in force. */
+static uint64_t nofile_raise(void) {
         struct rlimit rl;
 
         if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-                return;
+                return UINT64_MAX; /* cannot tell: let accept's EMFILE back-off deal with it */
         if (rl.rlim_cur < rl.rlim_max) {
-                rl.rlim_cur = rl.rlim_max;
-                (void) setrlimit(RLIMIT_NOFILE, &rl);
+                struct rlimit raised = { rl.rlim_max, rl.rlim_max };
+                if (setrlimit(RLIMIT_NOFILE, &raised) >= 0)
+                        rl.rlim_cur = rl.rlim_max;
         }
-        if (rl.rlim_cur < want)
-                log_warning("max_connections = %u needs about %llu open files but the limit is %llu: "
-                            "connections beyond it wait or are refused (raise LimitNOFILE=)",
-                            c->max_connections, (unsigned long long) want, (unsigned long long) rl.rlim_cur);
+        return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t) rl.rlim_cur;
 }
 
 /* Start from known dispositions, once, so no child has to reset 64 of them: all default, but
@@ -228,6 +224,12 @@ int main(int argc, char *argv[], char *envp[]) {
                 config_free(config);
                 return EXIT_SUCCESS;
         }
+        /* -t too: ExecStartPre= runs it with the limits ExecStart= gets */
+        if (!arg_command && config_check_nofile(config, nofile_raise(), &error) < 0) {
+                fprintf(stderr, "echod: %s\n", error ? error : strerror(EMFILE));
+                config_free(config);
+                return EXIT_NOTCONFIGURED;
+        }
         if (arg_test) {
                 printf("configuration OK\n");
                 config_free(config);
@@ -237,7 +239,6 @@ int main(int argc, char *argv[], char *envp[]) {
                 return query_status(config);
 
         log_setup(arg_stderr);
-        raise_nofile(config);
         /* until detached, the operator's terminal is the starting process's stderr: syslog alone
          * (possibly absent) would leave "echod" failing with exit 1 and no word */
         if (!arg_foreground && log_get_target() != LOG_TARGET_STDERR)

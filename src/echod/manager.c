@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -371,6 +372,16 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
 
 /* --- reload ---------------------------------------------------------------------------------- */
 
+/* The open files this process may have: the hard limit (main() raised the soft one to it at start;
+ * a soft limit lowered since, by prlimit(1), is not the configuration's business). */
+static uint64_t nofile_limit(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_max == RLIM_INFINITY)
+                return UINT64_MAX;
+        return (uint64_t) rl.rlim_max;
+}
+
 static void reload_failed(Manager *m, const char *what) {
         m->reload_failures++;
         log_full(LOG_ERR, 0, MESSAGE_ID_RELOAD_FAILED, "Failed to reload, keeping the old configuration: %s", what);
@@ -394,6 +405,11 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
 
         /* prepare: everything the new configuration needs, built beside what runs */
         r = config_load(m->config->path, &c, &error);
+        if (r < 0) {
+                reload_failed(m, error ? error : strerror(-r));
+                goto done;
+        }
+        r = config_check_nofile(c, nofile_limit(), &error);
         if (r < 0) {
                 reload_failed(m, error ? error : strerror(-r));
                 goto done;

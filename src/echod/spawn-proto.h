@@ -16,7 +16,7 @@
 /* the spawner's end of the socketpair, as the spawner sees it */
 #define SPAWN_FD_SOCKET 3
 /* slot numbers run below this: one per connection max_connections allows */
-#define SLOTS_MAX 65536
+#define SLOTS_MAX 262144
 
 /* the child's process title ("echod: PEER") fits in the spawner's argument area */
 #define SPAWN_TITLE_MAX 64

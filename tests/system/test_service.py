@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import have_ipv6_loopback
-from systest import ECHOC, echo_once, port_in_use, wait_until
+from systest import ECHOC, ROOT, echo_once, port_in_use, wait_until
 
 CONF = "/etc/echod/echod.conf"
 MSG_CONNECTION = "8a3e1c2f6b7d4e09a1c5d2b3f4e6a705"
@@ -265,6 +265,31 @@ def test_master_and_child_run_unprivileged_with_only_the_units_capability(servic
             assert st["Seccomp"].strip() == "2"  # SystemCallFilter= is in force
     finally:
         s.close()
+
+
+def header_define(path, name):
+    with open(os.path.join(ROOT, path)) as f:
+        return int(re.search(rf"^#define {name} (\d+)", f.read(), re.M).group(1))
+
+
+def test_unit_limits_fit_the_largest_max_connections(service):
+    """TasksMax and LimitNPROC fit the largest max_connections with echod's own processes;
+    LimitNOFILE the master's sockets for all of them, its listeners and the waiting connections.
+    LimitNPROC matters: left out, it is half of kernel.threads-max (96367 on a 24 GiB host), and the
+    dynamic user's forks fail above it."""
+    c = service
+    most = header_define("src/echod/config.h", "CONFIG_MAX_CONNECTIONS")
+    own = header_define("src/echod/config.h", "CONFIG_NOFILE_OWN")
+    listen = header_define("src/echod/config.h", "CONFIG_MAX_LISTEN")
+    processes = most + 2 + 1 + 1 + 64 + 1  # master, spawner(s), kill, UDP spawner and workers
+    assert int(c.show("echod.service", "TasksMax")) >= processes
+    assert int(c.show("echod.service", "LimitNPROC")) >= processes
+    assert int(c.show("echod.service", "LimitNOFILE")) >= most + 4 * listen + own + 1024 + 65535
+    # the master's own: soft = hard (systemd sets both; where the container's own hard limit is
+    # lower, systemd sets the closest it can, and echod raises its soft limit to the hard one)
+    limits = c.read(f"/proc/{c.show('echod.service', 'MainPID')}/limits")
+    nofile = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.M)
+    assert nofile and nofile.group(1) == nofile.group(2), limits
 
 
 def test_echod_status_answers_on_the_control_socket_in_the_runtime_directory(service):

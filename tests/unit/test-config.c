@@ -132,6 +132,16 @@ static void test_defaults(void **state) {
         config_free(c);
 }
 
+/* The largest limits parse (tests/configs/bad/out-of-range.conf: one above them does not). */
+static void test_largest_max_connections(void **state) {
+        Config *c = load("good/max-connections-largest.conf");
+
+        assert_int_equal(c->max_connections, 262144);
+        assert_int_equal(c->max_connections, CONFIG_MAX_CONNECTIONS);
+        assert_int_equal(c->max_per_source, 262144);
+        config_free(c);
+}
+
 static void test_all_keys(void **state) {
         Config *c = load("good/all-keys.conf");
 
@@ -287,6 +297,43 @@ static void assert_refused(const char *text, const char *want) {
         free(err);
 }
 
+/* The master needs a descriptor per connection, per listener and CONFIG_NOFILE_OWN more: a limit
+ * below that is an error naming the file, max_connections' line (or "the default") and the limit. */
+static char *nofile_error(const char *text, uint64_t limit) {
+        char *err = NULL, *msg = NULL;
+        Config *c = load_text(text, &err);
+
+        assert_non_null(c);
+        if (config_check_nofile(c, limit, &msg) < 0) {
+                assert_non_null(msg);
+                assert_int_equal(strncmp(msg, c->path, strlen(c->path)), 0);
+                err = strdup(msg + strlen(c->path));
+                free(msg);
+        }
+        config_free(c);
+        return err;
+}
+
+static void test_nofile(void **state) {
+        const char *two = "listen = {\"127.0.0.1:7\", \"[::1]:7\"}\n\nmax_connections = 100000\nmax_per_source = 0\n";
+        char *e;
+
+        e = nofile_error(two, 1024);
+        assert_string_equal(e, ":3: max_connections: 100000 needs 100034 file descriptors; this process may have 1024 "
+                               "(raise LimitNOFILE= / ulimit -n)");
+        free(e);
+        assert_null(nofile_error(two, 100034));
+        e = nofile_error(two, 100033);
+        assert_non_null(strstr(e, "may have 100033 "));
+        free(e);
+        /* "*:7" is two sockets, a UDP one a third */
+        e = nofile_error("listen = {\"*:7\"}\nlisten_udp = {\"127.0.0.1:7\"}\n", 100);
+        assert_string_equal(e, ": max_connections: 512 (the default) needs 547 file descriptors; this process may have 100 "
+                               "(raise LimitNOFILE= / ulimit -n)");
+        free(e);
+        assert_null(nofile_error("max_connections = 262144\nmax_per_source = 0\n", UINT64_MAX));
+}
+
 /* Lowering max_connections below max_per_source's default never makes the file invalid: a
  * max_per_source the file leaves out is min(64, max_connections). One the file writes, 64
  * included, is checked as written. */
@@ -412,6 +459,8 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_bad_fixtures),   cmocka_unit_test(test_good_fixtures),
                 cmocka_unit_test(test_defaults),       cmocka_unit_test(test_all_keys),
+                cmocka_unit_test(test_largest_max_connections),
+                cmocka_unit_test(test_nofile),
                 cmocka_unit_test(test_wildcard_expands), cmocka_unit_test(test_string_escapes),
                 cmocka_unit_test(test_missing_file),   cmocka_unit_test(test_shipped_config),
                 cmocka_unit_test(test_proxy_listeners),
