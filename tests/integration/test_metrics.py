@@ -115,9 +115,9 @@ def test_prometheus_values_are_exact(echod_factory, tmpdir_path):
     assert m['echod_spawner_state{state="stuck"}'] + m['echod_spawner_state{state="restarting"}'] == 0
     assert m["echod_spawner_restarts_total"] == 0
     assert m["echod_spawner_handoffs_queued"] == 0 and m["echod_spawner_handoffs_in_flight"] == 0
-    for table in ("rate", "connections"):
+    for table, capacity in (("rate", 65536), ("connections", 262144)):  # accept.c SOURCE_RATES_MAX, SLOTS_MAX
         assert m[f'echod_source_table_entries{{table="{table}"}}'] == 0
-        assert m[f'echod_source_table_capacity{{table="{table}"}}'] == 262144  # SLOTS_MAX
+        assert m[f'echod_source_table_capacity{{table="{table}"}}'] == capacity
         assert m[f'echod_source_table_overflows_total{{table="{table}"}}'] == 0
 
     # no client appears anywhere: an address is only ever a configured listener's
@@ -136,7 +136,8 @@ def test_prometheus_values_are_exact(echod_factory, tmpdir_path):
     assert h["bounds"][:3] == [64, 1024, 16384] and h["counts"][:4] == [1, 1, 1, 0]
     assert h["count"] == 3 and h["sum"] == sum(SIZES)
     assert st["histograms"]["session_duration_usec"]["count"] == 3
-    assert st["source_tables"]["rate"]["capacity"] == 262144  # SLOTS_MAX
+    assert st["source_tables"]["rate"]["capacity"] == 65536  # SOURCE_RATES_MAX
+    assert st["source_tables"]["connections"]["capacity"] == 262144  # SLOTS_MAX
     # and the text form
     text = status(e)
     assert ", 1 reload, 1 failed\n" in text and "\nclosed       clean 3\n" in text
