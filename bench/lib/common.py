@@ -38,4 +38,6 @@ def fmt(v, unit=""):
 
 
 def ratio(v, b):
-    return f"{v / b:.2f}×" if v and b else "—"
+    """v ÷ b; "—" when either is missing or zero, or b negative (a MemAvailable drop below the
+    noise: the quotient would mean nothing)."""
+    return f"{v / b:.2f}×" if v and b and b > 0 else "—"

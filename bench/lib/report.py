@@ -49,8 +49,8 @@ def targets_19(args, results):
         return x / y if x is not None and y else None
 
     def row(label, r, ok, detail=None):
-        out.append(f"| {label} | {detail or (f'{r:.2f}×' if r is not None else '—')} | "
-                   f"{'**met**' if ok else '**NOT met**'} |")
+        verdict = "n/a" if ok is None else "**met**" if ok else "**NOT met**"
+        out.append(f"| {label} | {detail or (f'{r:.2f}×' if r is not None else '—')} | {verdict} |")
 
     many = [n for n in args.concurrency if n > 1]
     for n in many:
@@ -61,17 +61,18 @@ def targets_19(args, results):
     for p in PEERS:
         if p not in results:
             continue
-        cells, ok = [], True
+        cells, ok, compared = [], True, False
         for n in many:
             pv, ev = results[p].get(f"rate{n}") or 0, e.get(f"rate{n}") or 0
             if pv > 0:
                 r = ev / pv
                 cells.append(f"{n}: {r:.2f}×")
-                ok = ok and r >= 3
+                ok, compared = ok and r >= 3, True
                 if worst is None or r < worst[0]:
                     worst = (r, p, n)
-            else:
-                cells.append(f"{n}: ∞ ({p} completed no echo)")
+            else:  # ncat: half-closing clients never get their echo, so no connection counts
+                cells.append(f"{n}: — ({p} completed no connection with its echo)")
+        ok = ok if compared else None
         row(f"connection rate at {' and '.join(map(str, many))} clients ≥ 3× {p}", None, ok, ", ".join(cells))
     if worst:
         row("(the same, all peers: the lowest ratio)", worst[0], worst[0] >= 3,
@@ -80,7 +81,9 @@ def targets_19(args, results):
         r = q(e.get("rate1"), b.get("rate1"))
         row("connection rate at 1 client ≥ 2× textbook", r, r is not None and r >= 2)
     r = q(e.get("p50_us"), b.get("p50_us"))
-    row("RTT p50 ≤ 1.0× textbook", r, r is not None and r <= 1.0)
+    r1 = q(e.get("p50_1cpu_us"), b.get("p50_1cpu_us"))
+    row("RTT p50 ≤ 1.0× textbook", r, r is not None and r <= 1.0,
+        None if r is None else f"{r:.2f}× ({fmt(e['p50_us'])} vs {fmt(b['p50_us'])} µs; on one CPU {r1:.2f}×, see below)")
     r = q(e.get("mib_s"), b.get("mib_s"))
     row("throughput ≥ 1.3× textbook", r, r is not None and r >= 1.3)
     n = max(args.held)
@@ -226,6 +229,13 @@ comparable limit in the configurations used, so they fork (or, epoll, accept) fo
 
 {chr(10).join(targets_19(args, results))}
 
+Unpinned RTT p50 is bimodal on this host, for every server: about 20–40 µs (what pinning client and server
+to one CPU gives) or about 100–120 µs (most likely every echo's wakeup crossing CPUs, an IPI in this VM).
+Which mode a server lands in changes from run to run with no change to the server (the textbook and echod
+both read ~115 µs in the run before this one, 65 and 24 µs in an earlier one), so this ratio can read 0.25×
+or 1.0× by placement alone; the one-CPU p50 below (client and server pinned to CPU 0) is the server's own
+work per echo and the figure to compare.
+
 ### Other checks
 
 {chr(10).join(other_targets(args, results))}
@@ -287,7 +297,11 @@ def plot(args, results, outdir):
         for n in args.concurrency:
             f.write(f"{n} " + " ".join(f"{results[s][f'rate{n}']:.1f}" for s in servers) + "\n")
     png = os.path.join(outdir, "rate.png")
-    plots = ", ".join(f"'{dat}' using 1:{k + 2} with linespoints lw 2 title '{s}'" for k, s in enumerate(servers))
+    # a colour each: gnuplot's default cycle has 8, and there are up to 11 servers
+    colours = ["#000000", "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    plots = ", ".join(f"'{dat}' using 1:{k + 2} with linespoints lw 2 pt {k + 1} lc rgb '{colours[k % len(colours)]}' "
+                      f"title '{s}'" for k, s in enumerate(servers))
     script = f"""set terminal pngcairo size 800,500
 set output '{png}'
 set title 'Connection rate (connect, 64 B echoed and verified, close) — 127.0.0.1, {os.cpu_count()} CPUs'
