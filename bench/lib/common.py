@@ -38,6 +38,6 @@ def fmt(v, unit=""):
 
 
 def ratio(v, b):
-    """v ÷ b; "—" when either is missing or zero, or b negative (a MemAvailable drop below the
-    noise: the quotient would mean nothing)."""
-    return f"{v / b:.2f}×" if v and b and b > 0 else "—"
+    """v ÷ b; "—" when either is missing or zero, or b below 2 (a MemAvailable drop of the epoll
+    server, which has no process per connection, is noise around 0: the quotient would mean nothing)."""
+    return f"{v / b:.2f}×" if v and b and b >= 2 else "—"
