@@ -33,14 +33,15 @@ def spawners(e):
 
 
 def workers(e):
-    """Every live connection process: children of any spawner, and those the master adopted."""
+    """Every live connection process: children of any spawner, and those the master adopted; not a
+    spare (forked ahead, no connection yet)."""
     out = []
     for p in kids(e.proc.pid):
         if title(p) == "echod: spawner":
             out += kids(p)
         else:
             out.append(p)
-    return [p for p in out if title(p).startswith("echod: ") and title(p) != "echod: spawner"]
+    return [p for p in out if title(p).startswith("echod: ") and title(p) not in ("echod: spawner", "echod: spare")]
 
 
 def start(echod_factory, **keys):

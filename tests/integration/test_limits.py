@@ -6,7 +6,7 @@ import subprocess
 import time
 
 
-from conftest import connect, connect_from, cpu_seconds, echo_roundtrip, ping, prlimit, refused
+from conftest import connect, connect_from, cpu_seconds, echo_roundtrip, ping, prlimit, refused, wait_until
 
 
 
@@ -149,12 +149,18 @@ def test_fork_failure_refuses_and_recovers(echod_factory):
     pid = e.spawner()  # echod-spawner forks the children
     held = connect(e.endpoint())
     assert ping(held)  # one child of nobody's exists now
+    # and the spare, forked ahead of the next connection
+    spare = wait_until(lambda: e.spares(), 5, "a spare")[0]
     # soft limit only
     soft = prlimit(pid, "--nproc", "--raw", "--noheadings", "--output=SOFT").strip()
     prlimit(pid, "--nproc=1:")
+    # the spare was forked already: it serves the next connection; the one after needs a fork
+    with connect(e.endpoint()) as s:
+        assert ping(s)
     s = connect(e.endpoint())
     assert refused(s)
     s.close()
+    assert spare not in e.spares()
     e.wait_log(r"refused connection from 127\.0\.0\.1:\d+: fork-failed: Resource temporarily unavailable")
     e.wait_status(lambda st: "fork 1, spawner 0)" in st)
     assert ping(held)
