@@ -179,9 +179,12 @@ _Noreturn void child_spare_main(int chan, const SpawnSandbox *sb, char *title_ar
                 _exit(WORKER_SETUP_FAILED);
 
         /* taken: the spawner may fork the next spare. Then the channel goes, before a byte of the
-         * peer's is read: this process never receives a second connection. */
+         * peer's is read: this process never receives a second connection. The answer may find no
+         * one (EPIPE: the spawner was retired or died since the hand-off): the connection is still
+         * this process's, the master was told of it at the hand-off and reaps it now. */
         pid_t me = getpid();
-        if (send(chan, &me, sizeof(me), MSG_NOSIGNAL) < 0 || close(chan) < 0)
+        (void) send(chan, &me, sizeof(me), MSG_NOSIGNAL);
+        if (close(chan) < 0)
                 _exit(WORKER_SETUP_FAILED);
         child_run(fd, &req, title_area, title_size);
 }

@@ -6,7 +6,7 @@ import signal
 import socket
 import time
 
-from conftest import connect, echo_roundtrip, ping, proc_status, sanitized, wait_until
+from conftest import base_config, connect, echo_roundtrip, ping, proc_status, sanitized, wait_until
 
 
 def fds(pid):
@@ -166,3 +166,31 @@ def test_stop_and_spawner_end_leave_no_spare(echod_factory):
     assert e.stop() == 0
     wait_until(lambda: not os.path.exists(f"/proc/{nxt}") or
                open(f"/proc/{nxt}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX", 5, "the spare to end")
+
+
+def test_a_spare_handed_its_connection_as_its_spawner_retires_serves_it(echod_factory):
+    """The spawner hands a connection to its spare and is retired (a reload that turns the sandbox
+    off) before the spare says it took it: the spare's answer has no one to go to, and the
+    connection is still the spare's to serve (CI's soak, seed 19: it was closed `setup-failed`)."""
+    e = echod_factory()
+    spare = one_spare(e)
+    old_spawner = e.spawner()
+    os.kill(spare, signal.SIGSTOP)
+    wait_until(lambda: open(f"/proc/{spare}/stat").read().rsplit(")", 1)[1].split()[0] == "T", 5, "stopped")
+    s = connect(e.endpoint())
+    payload = os.urandom(20000)
+    s.sendall(payload)
+    e.write_config(base_config(sandbox="false"))
+    e.reload()
+    e.wait_log(rf"echod-spawner \(pid {old_spawner}\) retired; its 1 connections continue")
+    assert not os.path.exists(f"/proc/{old_spawner}")
+    os.kill(spare, signal.SIGCONT)
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(10)
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    s.close()
+    assert got == payload
+    e.wait_log(rf"closed: clean, 20000 bytes in, 20000 bytes out, [\d.]+ s, pid {spare}$")
+    assert proc_status(e.spawner())["Seccomp"] == "0"
