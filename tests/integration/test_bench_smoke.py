@@ -17,6 +17,7 @@ SERVERS = ["baseline", "lean-fork", "epoll", "echod", "tcpserver", "tcpsvd", "so
 UDP_SERVERS = ["xinetd", "socat", "echod", "echod-defaults"]  # and openbsd-inetd when bench/run has it
 
 
+@pytest.mark.heavy  # 2 minutes of load; the sanitizer pass has its own (soak, floods), and figures of an ASan build mean nothing
 def test_bench_quick(tmp_path):
     missing = [t for t in ("socat", "xinetd", "ncat", "tcpserver", "tcpsvd", "gnuplot", "cc") if not shutil.which(t)]
     if missing:
