@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PKGS=(meson ninja-build pkg-config gcc libc6-dev libsystemd-dev libconfuse-dev libbsd-dev libseccomp-dev)
-TEST_PKGS=(libcmocka-dev python3 python3-pytest python3-pytest-timeout socat ncat systemd procps iproute2 haproxy scdoc man-db dpkg-dev debhelper lintian debootstrap systemd-container nftables valgrind monitoring-plugins-basic prometheus-blackbox-exporter prometheus xinetd gnuplot-nox ucspi-tcp ipsvd)
+TEST_PKGS=(libcmocka-dev python3 python3-pytest python3-pytest-timeout socat ncat systemd procps iproute2 haproxy scdoc man-db dpkg-dev debhelper lintian debootstrap systemd-container nftables valgrind monitoring-plugins-basic prometheus-blackbox-exporter prometheus xinetd gnuplot-nox ucspi-tcp ipsvd strace)
 
 want=("${BUILD_PKGS[@]}")
 [ "${1:-build}" = test ] && want+=("${TEST_PKGS[@]}")

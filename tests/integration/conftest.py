@@ -504,6 +504,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def status_json(e):
+    """`echod status --json` of echod e, parsed."""
+    out = subprocess.run([ECHOD, "-f", e.conf_path, "status", "--json"], capture_output=True, text=True,
+                         timeout=30, env=clean_env())
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    # another echod on the default control socket would answer for this one (each test's own
+    # `control_socket` avoids that when several run at once)
+    assert st["pid"] == e.proc.pid, f"the echod on {e.conf_path}'s control socket is pid {st['pid']}, not {e.proc.pid}"
+    return st
+
+
 def proc_status(pid):
     """/proc/PID/status as a dict of stripped values."""
     out = {}

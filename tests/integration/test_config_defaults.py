@@ -8,14 +8,13 @@ file:line. The shipped file therefore shows max_per_source only as a comment ("#
 64"), so lowering only its max_connections is enough.
 libconfuse read "0300" as octal (192) and "0x10" as hex: such values are now errors.
 """
-import json
 import os
 import re
 import subprocess
 
 import pytest
 
-from conftest import ECHOD, ROOT, base_config, connect, ping, refused, sanitizer_env
+from conftest import ECHOD, ROOT, base_config, connect, ping, refused, sanitizer_env, status_json
 
 SHIPPED = os.path.join(ROOT, "conf", "echod.conf")
 BAD = os.path.join(ROOT, "tests", "configs", "bad")
@@ -27,12 +26,6 @@ def run_echod(*args):
         env.pop(k, None)
     return subprocess.run([ECHOD, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
                           timeout=30)
-
-
-def status_json(e):
-    r = subprocess.run([ECHOD, "-f", e.conf_path, "status", "--json"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def write(path, text):

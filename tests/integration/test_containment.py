@@ -23,7 +23,6 @@ build the filter also allows what the sanitizer runtime needs: those attempts ar
 never counted as passed. Every wait is bounded.
 """
 import errno
-import json
 import os
 import random
 import re
@@ -35,7 +34,7 @@ from collections import namedtuple
 import pytest
 
 import syscall_inject as sc
-from conftest import ECHOD, clean_env, connect, ping, proc_status, sanitized, wait_until
+from conftest import ECHOD, clean_env, connect, ping, proc_status, sanitized, status_json, wait_until
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -274,13 +273,6 @@ def assert_running(pid, what):
     state = proc_state(pid)
     assert state is not None, f"{what} (pid {pid}) is gone"
     assert state not in "TtZX", f"{what} (pid {pid}) is in state {state} (stopped, traced or dead)"
-
-
-def status_json(e):
-    out = subprocess.run([ECHOD, "-f", e.conf_path, "status", "--json"], capture_output=True, text=True,
-                         timeout=WAIT, env=clean_env())
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def assert_only_the_victim_affected(s, victim_killed):

@@ -1,20 +1,12 @@
 """The master's core under the faults that used to break its promises: limits that hold while
 children linger, slots freed once when a spawner is retired or dies, reloads that apply whole or
 not at all. Each test failed on the code before the core was reshaped (4a6b3b7)."""
-import json
 import os
 import signal
 import socket
-import subprocess
 import tempfile
 
-from conftest import ECHOD, Echod, base_config, closed_by_server, connect, connect_from, ping, prlimit, refused, wait_until
-
-
-def status_json(e):
-    r = subprocess.run([ECHOD, "-f", e.conf_path, "status", "--json"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+from conftest import Echod, base_config, closed_by_server, connect, connect_from, ping, prlimit, refused, status_json, wait_until
 
 
 def title(pid):

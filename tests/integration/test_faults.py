@@ -2,7 +2,6 @@
 exhaustion under load, leaks after 100,000 connections and 100 reloads, and network chaos
 between two network namespaces."""
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -14,14 +13,7 @@ import time
 
 import pytest
 
-from conftest import ECHOC, ECHOD, ContinuousClients, base_config, connect, cpu_seconds, ping, prlimit, sh, wait_admitted
-
-
-def status_json(e):
-    out = subprocess.run([ECHOD, "-f", e.conf_path, "status", "--json"], capture_output=True, text=True,
-                         timeout=30)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+from conftest import ContinuousClients, ECHOC, base_config, connect, cpu_seconds, ping, prlimit, sh, status_json, wait_admitted
 
 
 def stream(sock, data, result, key, chunk=32768, pause=0.0):

@@ -17,19 +17,17 @@ The network, made once for the module and always removed:
 Spoofed datagrams are sent from atk over a raw socket; srv accepts them (rp_filter off, as it is
 in a new namespace) and its replies go to vic, where nft counts what arrives and drops the
 replies to the spoofed 10.77.3.0/24 (so they need no socket there and draw no ICMP)."""
-import json
 import os
 import re
 import shutil
 import socket
 import statistics
-import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import ECHOC, ECHOD, base_config, need, wait_until
+from conftest import ECHOC, base_config, need, status_json, wait_until
 from udp_tools import Counters, EchoPeer, Net, Spoofer, run, udp_socket
 
 TAG = str(os.getpid() % 100000)
@@ -100,13 +98,6 @@ def start(echod_factory, net, udp_listen, **keys):
              all(w["worker_pid"] > 0 and w["policy_current"] for w in u["listeners"]),
              "the UDP workers running with the policy in force")
     return e
-
-
-def status_json(e):
-    out = subprocess.run([ECHOD, "-f", e.conf_path, "status", "--json"], capture_output=True, text=True,
-                         timeout=30)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def udp_status(e):
