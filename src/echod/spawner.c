@@ -1,30 +1,25 @@
 /* The master's side of echod-spawner: start its processes, hand them connections in order, read
- * what they report, retire and replace them. spawner.h says what this owns and promises. */
+ * what they report, retire and replace them. spawner.h says what this owns and promises; how a
+ * process of it is executed, and where its binary is, is spawner-exec.c's. */
 #include "echod/spawner.h"
+#include "echod/spawner-internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "build-config.h"
 #include "echod/spawn-proto.h"
 #include "shared/io.h"
 #include "shared/macro.h"
 #include "shared/timeutil.h"
 
-/* argument area the children's titles are written over: "echod: " and the longest endpoint */
-#define TITLE_PAD 56
-_Static_assert(sizeof("echod: spawner") + TITLE_PAD > SPAWN_TITLE_MAX, "a child's title must fit the spawner's arguments");
 /* a process that dies within this of its start is started again only after it */
 #define RESTART_HOLDOFF_USEC USEC_PER_SEC
 /* how long a retired process, or every process at exit, gets to go after its socket is closed */
@@ -71,60 +66,6 @@ struct Spawner {
         unsigned next_gen, restarts;
         bool stopping;
 };
-
-static char path[PATH_MAX];
-static int pinned = -1; /* spawner_pin(): the binary, opened while we may still be root */
-
-static bool try_dir(const char *dir, size_t len) {
-        if (len + sizeof("/echod-spawner") > sizeof(path))
-                return false;
-        snprintf(path, sizeof(path), "%.*s/echod-spawner", (int) len, dir);
-        return access(path, X_OK) == 0;
-}
-
-void spawner_locate(const char *argv0) {
-        char buf[PATH_MAX];
-        const char *slash = argv0 ? strrchr(argv0, '/') : NULL;
-
-        /* next to the command as it was started (a build tree, or a test's copy of it), made
-         * absolute now: a daemon moves to / before it starts the spawner */
-        if (slash) {
-                if (argv0[0] == '/') {
-                        if (try_dir(argv0, (size_t) (slash - argv0)))
-                                return;
-                } else if (getcwd(buf, sizeof(buf)) && strlen(buf) + 1 + (size_t) (slash - argv0) < sizeof(buf)) {
-                        size_t n = strlen(buf);
-                        snprintf(buf + n, sizeof(buf) - n, "/%.*s", (int) (slash - argv0), argv0);
-                        if (try_dir(buf, strlen(buf)))
-                                return;
-                }
-        }
-        /* next to this very executable, however it was named */
-        ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-        if (n > 0) {
-                buf[n] = 0;
-                slash = strrchr(buf, '/');
-                if (slash && try_dir(buf, (size_t) (slash - buf)))
-                        return;
-        }
-        snprintf(path, sizeof(path), "%s", ECHOD_SPAWNER_PATH);
-}
-
-const char *spawner_path(void) {
-        if (!path[0])
-                spawner_locate(NULL);
-        return path;
-}
-
-int spawner_pin(void) {
-        int fd = open(spawner_path(), O_PATH | O_CLOEXEC);
-
-        if (fd < 0)
-                return negative_errno();
-        safe_close(pinned);
-        pinned = fd;
-        return 0;
-}
 
 static void list_push(HandoffList *l, Handoff *h) {
         h->next = NULL;
@@ -193,21 +134,6 @@ static int on_deadline(sd_event_source *src, uint64_t usec, void *userdata) {
         return 0;
 }
 
-/* The kernel's word on a process: stopped (SIGSTOP, or a tracer's stop)? */
-static bool proc_stopped(pid_t pid) {
-        char stat_path[64], buf[512];
-        _cleanup_(closep) int fd = -1;
-        ssize_t n;
-
-        snprintf(stat_path, sizeof(stat_path), "/proc/%d/stat", (int) pid);
-        fd = open(stat_path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
-                return false;
-        buf[n] = 0;
-        const char *paren = strrchr(buf, ')');
-        return paren && paren[1] == ' ' && (paren[2] == 'T' || paren[2] == 't');
-}
-
 /* Every second: a current process stopped for SPAWNER_HANDOFF_TIMEOUT_USEC is stuck even with no
  * hand-off owed, for it reaps and reports nothing: the clients of its children that died would
  * wait for their end (the master holds each connection until its process is known gone). */
@@ -215,7 +141,7 @@ static int on_watch(sd_event_source *src, uint64_t usec, void *userdata) {
         Spawner *s = userdata;
         uint64_t now = now_usec();
 
-        if (!s->current || !proc_stopped(s->current->pid))
+        if (!s->current || !spawner_proc_stopped(s->current->pid))
                 s->stopped_usec = 0;
         else if (s->stopped_usec == 0)
                 s->stopped_usec = now;
@@ -403,17 +329,10 @@ static void close_channel(SpawnerProc *p) {
 
 static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
         _cleanup_(closep) int mine = -1, theirs = -1;
-        posix_spawn_file_actions_t fa;
-        posix_spawnattr_t attr;
-        char *argv[2 + TITLE_PAD] = { (char *) "echod: spawner" };
-        char *envp[] = { NULL };
         static SpawnSandbox req;
-        sigset_t blocked;
         int pair[2], r;
         pid_t pid;
 
-        for (int i = 1; i <= TITLE_PAD; i++)
-                argv[i] = (char *) "";
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
                 return negative_errno();
         mine = pair[0];
@@ -426,38 +345,7 @@ static int proc_start(Spawner *s, const Sandbox *sb, SpawnerProc **ret) {
         if (!p)
                 return -ENOMEM;
 
-        /* blocked from its first instruction, not from when its main() gets there: a stop's
-         * SIGTERM to its group (spawner_signal()) must never find it with the default action
-         * (the same set spawner-main.c keeps; each child unblocks SIGTERM for its drain) */
-        sigemptyset(&blocked);
-        for (size_t i = 0; i < ELEMENTSOF(spawner_blocked_signals); i++)
-                sigaddset(&blocked, spawner_blocked_signals[i]);
-        posix_spawn_file_actions_init(&fa);
-        posix_spawnattr_init(&attr);
-        posix_spawn_file_actions_adddup2(&fa, theirs, SPAWN_FD_SOCKET);
-        /* nothing of ours but its socket: no journal stream, no terminal (a sanitizer build keeps
-         * stderr, where the sanitizers report) */
-        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDWR, 0);
-        posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDOUT_FILENO);
-#if !defined(__SANITIZE_ADDRESS__)
-        posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDERR_FILENO);
-#endif
-        posix_spawnattr_setsigmask(&attr, &blocked);
-        /* a process group of its own, which its children join: spawner_signal() */
-        posix_spawnattr_setpgroup(&attr, 0);
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
-        /* by its path if we may still reach it, else through the pinned fd: then the file's own
-         * mode is all that is checked (the path is kept where it works: tools that follow an
-         * exec, valgrind among them, cannot follow /proc/self/fd/N) */
-        char via_fd[sizeof("/proc/self/fd/") + 12];
-        const char *exe = spawner_path();
-        if (pinned >= 0 && access(exe, X_OK) < 0) {
-                snprintf(via_fd, sizeof(via_fd), "/proc/self/fd/%d", pinned);
-                exe = via_fd;
-        }
-        r = -posix_spawn(&pid, exe, &fa, &attr, argv, envp);
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&attr);
+        r = spawner_exec(theirs, &pid);
         if (r < 0) {
                 free(p);
                 return r;
@@ -653,7 +541,7 @@ Spawner *spawner_free(Spawner *s) {
                 (void) waitpid(p->pid, NULL, 0);
                 proc_free(p);
         }
-        pinned = safe_close(pinned); /* nothing starts after this */
+        spawner_unpin(); /* nothing starts after this */
         sd_event_unref(s->event);
         free(s);
         return NULL;
