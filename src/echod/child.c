@@ -179,12 +179,13 @@ _Noreturn void child_spare_main(int chan, const SpawnSandbox *sb, char *title_ar
                 _exit(WORKER_SETUP_FAILED);
 
         /* taken: the spawner may fork the next spare. Then the channel goes, before a byte of the
-         * peer's is read: this process never receives a second connection. The answer may find no
-         * one (EPIPE: the spawner was retired or died since the hand-off): the connection is still
-         * this process's, the master was told of it at the hand-off and reaps it now. */
+         * peer's is read: this process never receives a second connection. An answer that finds no
+         * spawner (it was killed since the hand-off; a retiring one waits for it) ends this process
+         * unserved: whether the master was told of it before the spawner died, or found it holding
+         * the connection, it cannot know, and a connection the master does not count must get no
+         * process. The master records either end. */
         pid_t me = getpid();
-        (void) send(chan, &me, sizeof(me), MSG_NOSIGNAL);
-        if (close(chan) < 0)
+        if (send(chan, &me, sizeof(me), MSG_NOSIGNAL) < 0 || close(chan) < 0)
                 _exit(WORKER_SETUP_FAILED);
         child_run(fd, &req, title_area, title_size);
 }

@@ -58,6 +58,8 @@
  * SCAN_WAIT_MAX_USEC) */
 #define SCAN_RATIO 20
 #define SCAN_WAIT_MAX_USEC (100 * USEC_PER_MSEC)
+/* how long a spawner that is to exit waits for a spare it handed a connection to take it */
+#define HANDED_WAIT_MSEC 3000
 /* children a SIGCHLD named, kept until reaped: one per siginfo read (SIGCHLD is not queued, so
  * rarely more than one at a time) */
 #define NAMED_MAX 64
@@ -225,6 +227,29 @@ static void reap(void) {
         st->scan_after = end + MIN((end - start) * SCAN_RATIO, SCAN_WAIT_MAX_USEC);
 }
 
+/* Before exiting (retired by a reload, or the master gone): a spare handed a connection that has
+ * not yet said it took it would find no one to answer and end unserved (child.c). Wait for its
+ * answer, or its end, up to HANDED_WAIT_MSEC (a spare someone stopped). */
+static void wait_for_handed(int sigfd) {
+        uint64_t deadline = now_usec() + HANDED_WAIT_MSEC * USEC_PER_MSEC;
+
+        read_spare_answers();
+        while (st->handed > 0) {
+                uint64_t now = now_usec();
+                if (now >= deadline)
+                        return;
+                struct pollfd p[2] = {
+                        { .fd = spare_chan[0], .events = POLLIN },
+                        { .fd = sigfd, .events = POLLIN },
+                };
+                if (poll(p, 2, (int) ((deadline - now + USEC_PER_MSEC - 1) / USEC_PER_MSEC)) < 0 && errno != EINTR)
+                        return;
+                read_spare_answers();
+                take_sigchld(sigfd);
+                reap(); /* a handed spare that died: spare_lost_handoff() */
+        }
+}
+
 /* poll()'s timeout: until the scan owed may run (-1: none is) */
 static int scan_wait(void) {
         if (!st->reap_pending)
@@ -358,6 +383,7 @@ int main(int argc, char *argv[]) {
                 if (events_room(2))
                         spare_fork();
         }
+        wait_for_handed(sigfd);
         /* what exited meanwhile is reported if the master still reads (a retired spawner: the
          * master shut down only its sending side) */
         take_sigchld(sigfd);

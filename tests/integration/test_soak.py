@@ -565,8 +565,12 @@ class Soak:
         for k in REASONS:
             c[k] = st["refused"].get(k, 0)
         # "fork-failed" here is any admitted connection no process was made for: fork() failed, or
-        # the spawner that took it died first (echod says spawner-failed)
-        c["fork-failed"] += st["refused"].get("spawner-failed", 0)
+        # the spawner that took it died first (echod says spawner-failed), or died after handing it
+        # to its spare but before the spare took it (the master was told of the spare, which ends
+        # unserved: accepted, closed setup-failed; nothing else ends setup-failed in the soak)
+        lost_by_spare = st.get("closed", {}).get("setup-failed", 0)
+        c["accepted"] -= lost_by_spare
+        c["fork-failed"] += st["refused"].get("spawner-failed", 0) + lost_by_spare
         return c
 
     @staticmethod

@@ -6,7 +6,7 @@ import signal
 import socket
 import time
 
-from conftest import base_config, connect, echo_roundtrip, ping, proc_status, sanitized, wait_until
+from conftest import base_config, connect, echo_roundtrip, ping, proc_status, sanitized, status_json, wait_until
 
 
 def fds(pid):
@@ -168,23 +168,31 @@ def test_stop_and_spawner_end_leave_no_spare(echod_factory):
                open(f"/proc/{nxt}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX", 5, "the spare to end")
 
 
-def test_a_spare_handed_its_connection_as_its_spawner_retires_serves_it(echod_factory):
+def stop(pid):
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T", 5, "stopped")
+
+
+def test_a_spawner_retired_while_its_spare_takes_a_connection_waits_for_it(echod_factory):
     """The spawner hands a connection to its spare and is retired (a reload that turns the sandbox
-    off) before the spare says it took it: the spare's answer has no one to go to, and the
-    connection is still the spare's to serve (CI's soak, seed 19: it was closed `setup-failed`)."""
+    off) before the spare says it took it: the spawner waits for the answer before it exits, and
+    the spare serves the connection (CI's soak, seed 19: the spawner left at once, the spare's
+    answer found no one, and the connection was closed `setup-failed`)."""
     e = echod_factory()
     spare = one_spare(e)
     old_spawner = e.spawner()
-    os.kill(spare, signal.SIGSTOP)
-    wait_until(lambda: open(f"/proc/{spare}/stat").read().rsplit(")", 1)[1].split()[0] == "T", 5, "stopped")
+    stop(spare)
     s = connect(e.endpoint())
     payload = os.urandom(20000)
     s.sendall(payload)
     e.write_config(base_config(sandbox="false"))
     e.reload()
-    e.wait_log(rf"echod-spawner \(pid {old_spawner}\) retired; its 1 connections continue")
-    assert not os.path.exists(f"/proc/{old_spawner}")
+    e.wait_log(r"started a new echod-spawner \(pid \d+, sandbox off\)")
+    # retired, and still there: its spare has not answered
+    assert open(f"/proc/{old_spawner}/stat").read().rsplit(")", 1)[1].split()[0] in "SR"
+    assert f"echod-spawner (pid {old_spawner}) retired" not in e.log()
     os.kill(spare, signal.SIGCONT)
+    e.wait_log(rf"echod-spawner \(pid {old_spawner}\) retired; its 1 connections continue")
     s.shutdown(socket.SHUT_WR)
     s.settimeout(10)
     got = b""
@@ -194,3 +202,30 @@ def test_a_spare_handed_its_connection_as_its_spawner_retires_serves_it(echod_fa
     assert got == payload
     e.wait_log(rf"closed: clean, 20000 bytes in, 20000 bytes out, [\d.]+ s, pid {spare}$")
     assert proc_status(e.spawner())["Seccomp"] == "0"
+
+
+def test_a_spare_whose_spawner_was_killed_before_it_took_its_connection_ends_it(echod_factory):
+    """Killed, the spawner cannot wait: the spare's answer finds no one, and it ends without
+    serving. The master was told of it, so it records the end; a spare must never serve a
+    connection the master does not count (CI's soak: a live worker missing from status)."""
+    e = echod_factory()
+    spare = one_spare(e)
+    spawner = e.spawner()
+    stop(spare)
+    s = connect(e.endpoint())
+    s.sendall(b"never echoed")
+    wait_until(lambda: [c["pid"] for c in status_json(e)["connections"]] == [spare], 5, "the spare's pid in status")
+    os.kill(spawner, signal.SIGKILL)
+    e.wait_log(rf"echod-spawner \(pid {spawner}\) was killed by SIGKILL")
+    os.kill(spare, signal.SIGCONT)
+    s.settimeout(10)
+    try:
+        assert s.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    s.close()
+    e.wait_log(rf"closed: setup-failed, \d+ bytes in, 0 bytes out, [\d.]+ s, pid {spare}$")
+    wait_until(lambda: not os.path.exists(f"/proc/{spare}"), 5, "the spare reaped")
+    assert status_json(e)["totals"]["active"] == 0
+    with connect(e.endpoint()) as s2:
+        assert ping(s2, b"the next one is served")
