@@ -17,9 +17,11 @@
  * takes ~1.9 ms here, and 3 µs with 100 (bench/FINDINGS.md). A SIGCHLD names the child that
  * exited, and waitpid(pid) looks that one up directly (0.4 µs at any count). But SIGCHLD is not
  * queued: a child that exits while one is pending is named by none, and only a scan finds it. So
- * a scan runs only after a SIGCHLD, and only once the last one's cost, times SCAN_RATIO, has
- * passed (at most SCAN_WAIT_MAX_USEC): at most 1/(1 + SCAN_RATIO) of the time goes to scans, and a
- * child nobody named is reported within that wait.
+ * a scan runs only after a SIGCHLD, and only once SCAN_RATIO times the last one's cost per child
+ * it found (its whole cost if it found none) has passed, at most SCAN_WAIT_MAX_USEC: scans that
+ * find nothing take at most 1/(1 + SCAN_RATIO) of the time, a burst of exits (a drain, many
+ * clients leaving at once) is reaped at the pace of the scans that find them, and a child nobody
+ * named is reported within that wait.
  *
  * The spare: a child forked ahead of need, sandboxed like any other, waiting on the spare channel
  * (a socketpair made before the sandbox, which allows no new one) for the one connection it will
@@ -54,8 +56,8 @@
 /* every child has at most a STARTED and an EXITED event outstanding */
 #define EVENTS_CAP (2 * SLOTS_MAX + 2 * BATCH)
 
-/* a full scan of the children waits SCAN_RATIO times as long as the last one took (at most
- * SCAN_WAIT_MAX_USEC) */
+/* a full scan of the children waits SCAN_RATIO times as long as the last one took per child it
+ * found (at most SCAN_WAIT_MAX_USEC) */
 #define SCAN_RATIO 20
 #define SCAN_WAIT_MAX_USEC (100 * USEC_PER_MSEC)
 /* how long a spawner that is to exit waits for a spare it handed a connection to take it */
@@ -212,7 +214,7 @@ static void reap(void) {
                 if (waitpid(pid, &status, WNOHANG) == pid)
                         exited(pid, status);
         }
-        uint64_t start = now_usec();
+        uint64_t start = now_usec(), found = 0;
         if (!st->reap_pending || start < st->scan_after)
                 return;
         while (events_room(1)) {
@@ -222,9 +224,10 @@ static void reap(void) {
                         break;
                 }
                 exited(pid, status);
+                found++;
         }
         uint64_t end = now_usec();
-        st->scan_after = end + MIN((end - start) * SCAN_RATIO, SCAN_WAIT_MAX_USEC);
+        st->scan_after = end + MIN((end - start) * SCAN_RATIO / MAX(found, 1), SCAN_WAIT_MAX_USEC);
 }
 
 /* Before exiting (retired by a reload, or the master gone): a spare handed a connection that has
