@@ -239,8 +239,7 @@ class Echod:
         """PID of echod-spawner, the master's child that forks the connection processes."""
         for pid in self._kids(self.proc.pid):
             try:  # by title: the children it forked carry its comm too, but their peer as title
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    title = f.read().split(b"\0")[0]
+                title = proc_title(pid)
                 # an empty one is a spawner in the last steps of its exec (the master resumes from
                 # posix_spawn() before the kernel has set up the new arguments)
                 if title == b"echod: spawner" or (title == b"" and proc_comm(pid) == "echod-spawner"):
@@ -249,26 +248,18 @@ class Echod:
                 pass
         return None
 
-    @staticmethod
-    def _title(pid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return f.read().split(b"\0")[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-
     def children(self):
         """PIDs of the live connection processes: the spawner's children, and any the master adopted
         when a spawner died; not the spare (forked ahead, no connection yet: titled "echod: spare",
         or still the spawner's own title in the instant after its fork)."""
         spawner = self.spawner()
         kids = [p for p in self._kids(self.proc.pid) if p != spawner] + (self._kids(spawner) if spawner else [])
-        return [p for p in kids if self._title(p) not in (b"echod: spare", b"echod: spawner")]
+        return [p for p in kids if proc_title(p) not in (b"echod: spare", b"echod: spawner")]
 
     def spares(self):
         """PIDs of the spawner's spares: children forked ahead of need, waiting for a connection."""
         spawner = self.spawner()
-        return [p for p in (self._kids(spawner) if spawner else []) if self._title(p) == b"echod: spare"]
+        return [p for p in (self._kids(spawner) if spawner else []) if proc_title(p) == b"echod: spare"]
 
 
 def prlimit(pid, *spec):
@@ -450,6 +441,15 @@ class ContinuousClients:
         self._stop.set()
         for t in self._threads:
             t.join(10)
+
+
+def proc_title(pid):
+    """The title a process shows (its argv[0], which echod's processes set), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def proc_comm(pid):

@@ -6,15 +6,11 @@ import signal
 import socket
 import tempfile
 
-from conftest import Echod, base_config, closed_by_server, connect, connect_from, ping, prlimit, refused, status_json, wait_until
+from conftest import Echod, base_config, closed_by_server, connect, connect_from, ping, prlimit, proc_title, refused, status_json, wait_until
 
 
 def title(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")[0].decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
+    return (proc_title(pid) or b"").decode(errors="replace")
 
 
 kids = Echod._kids

@@ -71,6 +71,7 @@ import traceback
 import pytest
 
 from conftest import ECHOD, prlimit, wait_until
+from conftest import proc_title as title
 
 STEPS = int(os.environ.get("ECHOD_SOAK_STEPS", "600"))
 SCALE = max(1, int(os.environ.get("ECHOD_SOAK_SCALE", "1")))
@@ -124,14 +125,6 @@ def proc_stat(pid):
 def alive(pid):
     st = proc_stat(pid)
     return st is not None and st[0] not in "ZX"
-
-
-def title(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
 
 
 def seccomp(pid):
