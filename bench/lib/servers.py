@@ -90,7 +90,7 @@ class Server:
             return ["socat", f"TCP-LISTEN:{p},bind={HOST},fork,reuseaddr,backlog=1024", "PIPE"]
         if self.name == "xinetd":
             conf = os.path.join(w, f"xinetd-{self.port}.conf")
-            open(conf, "w").write(XINETD_CONF.format(port=p, host=HOST, log=os.path.join(w, "xinetd-records.log")))
+            open(conf, "w").write(xinetd_conf("tcp", HOST, p, os.path.join(w, "xinetd-records.log")))
             return ["xinetd", "-dontfork", "-f", conf, "-pidfile", os.path.join(w, f"xinetd-{p}.pid")]
         if self.name == "ncat":
             return ["ncat", "-l", HOST, p, "-k", "--max-conns", str(MAX_CONNS), "--exec", "/bin/cat"]
@@ -188,7 +188,7 @@ class Server:
         return True
 
 
-XINETD_CONF = """# written by bench/run: xinetd's builtin echo on a loopback port
+XINETD_CONF = """# written by bench/run: xinetd's builtin {what}
 defaults
 {{
         log_type        = FILE {log}
@@ -198,11 +198,11 @@ defaults
 }}
 service echo
 {{
-        id              = echo-stream
+        id              = {id}
         type            = INTERNAL UNLISTED
-        socket_type     = stream
-        protocol        = tcp
-        wait            = no
+        socket_type     = {socket_type}
+        protocol        = {protocol}
+        wait            = {wait}
         user            = root
         bind            = {host}
         port            = {port}
@@ -211,3 +211,12 @@ service echo
         cps             = 1000000 1
 }}
 """
+XINETD_KINDS = {
+    "tcp": dict(what="echo on a loopback port", id="echo-stream", socket_type="stream", protocol="tcp", wait="no"),
+    "udp": dict(what="UDP echo", id="echo-dgram", socket_type="dgram", protocol="udp", wait="yes"),
+}
+
+
+def xinetd_conf(kind, host, port, log):
+    """xinetd's configuration for its builtin TCP or UDP echo, every limit lifted."""
+    return XINETD_CONF.format(host=host, port=port, log=log, **XINETD_KINDS[kind])

@@ -12,6 +12,7 @@ import time
 
 from .build import openbsd_inetd
 from .common import fmt, log, median_of, ratio, run
+from .servers import xinetd_conf
 
 UDP_SERVERS = ["openbsd-inetd", "xinetd", "socat", "echod", "echod-defaults"]
 UDP_REFERENCE = "openbsd-inetd"
@@ -28,30 +29,6 @@ UDP_PROTECTED_NOTE = ("`allow = {\"10.218.0.0/16\"}` and `deny = {\"192.0.2.0/24
                       "`udp_rate = udp_burst = 10000000` (per source group, /32), `udp_byte_rate = 1e10`, "
                       "`udp_byte_burst = 1e9`, `udp_budget = 1e7`, `udp_byte_budget = 1e10`; `udp_sources = 16384`, "
                       "`udp_max_size = 1472` and `udp_deny_ports = {7, 11, 13, 17, 19, 37, 53, 69, 123}` as shipped")
-
-XINETD_UDP_CONF = """# written by bench/run: xinetd's builtin UDP echo
-defaults
-{{
-        log_type        = FILE {log}
-        instances       = UNLIMITED
-        per_source      = UNLIMITED
-        cps             = 1000000 1
-}}
-service echo
-{{
-        id              = echo-dgram
-        type            = INTERNAL UNLISTED
-        socket_type     = dgram
-        protocol        = udp
-        wait            = yes
-        user            = root
-        bind            = {host}
-        port            = {port}
-        instances       = UNLIMITED
-        per_source      = UNLIMITED
-        cps             = 1000000 1
-}}
-"""
 
 
 def echoc_has_udp(echoc):
@@ -101,7 +78,7 @@ class UdpServer:
             return [self.bins["inetd"], "-i", conf]  # -i: stay in the foreground; its -R limit never stopped the internal UDP echo
         if self.name == "xinetd":
             conf = os.path.join(w, f"xinetd-udp-{p}.conf")
-            open(conf, "w").write(XINETD_UDP_CONF.format(port=p, host=UDP_HOST, log=os.path.join(w, "xinetd-udp.log")))
+            open(conf, "w").write(xinetd_conf("udp", UDP_HOST, p, os.path.join(w, "xinetd-udp.log")))
             return ["xinetd", "-dontfork", "-f", conf, "-pidfile", os.path.join(w, f"xinetd-udp-{p}.pid")]
         if self.name == "socat":
             # a child per client address, echoing over a socket connected to it; -T 10 ends it
