@@ -30,9 +30,23 @@ def one_spare(e, other_than=()):
     return wait_until(lambda: [p for p in e.spares() if p not in other_than], 5, "a spare")[0]
 
 
+def state(pid):
+    """The process's state letter (R, S, T, Z, ...), or None once it is gone (read at once: it may
+    vanish between any two looks)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def ended(pid):
+    return state(pid) in (None, "Z", "X")
+
+
 def stop(pid):
     os.kill(pid, signal.SIGSTOP)
-    wait_until(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T", 5, "stopped")
+    wait_until(lambda: state(pid) == "T", 5, "stopped")
 
 
 def child_of(e, s):
@@ -99,8 +113,7 @@ def test_every_connection_gets_a_fresh_process_that_ends_with_it(echod_factory):
         seen.append(pid)
     e.wait_log(r"closed: clean, \d+ bytes in, \d+ bytes out, [\d.]+ s, pid \d+$", count=40)
     for pid in seen:
-        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
-                   open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX", 5, f"{pid} to end")
+        wait_until(lambda: ended(pid), 5, f"{pid} to end")
     pids = [int(p) for p in __import__("re").findall(r"closed: clean, .* pid (\d+)$", e.log(), __import__("re").M)]
     assert sorted(pids) == sorted(seen)  # one record each, none served twice
     assert len(e.spares()) == 1
@@ -122,8 +135,7 @@ def test_a_spare_killed_while_waiting_costs_no_connection(echod_factory):
     os.kill(third, signal.SIGKILL)
     fourth = one_spare(e, other_than=(spare, nxt, third))
     os.kill(fourth, signal.SIGKILL)
-    wait_until(lambda: not os.path.exists(f"/proc/{fourth}") or
-               open(f"/proc/{fourth}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX", 5, "the spare to end")
+    wait_until(lambda: ended(fourth), 5, "the spare to end")
     wait_until(lambda: not os.path.exists(f"/proc/{fourth}"), 5, "the spawner to reap it")
     assert e.spares() == []
     with connect(e.endpoint()) as s:
@@ -163,8 +175,7 @@ def test_stop_and_spawner_end_leave_no_spare(echod_factory):
         assert echo_roundtrip(s, os.urandom(10000)) is not None
     nxt = one_spare(e, other_than=(spare,))
     assert e.stop() == 0
-    wait_until(lambda: not os.path.exists(f"/proc/{nxt}") or
-               open(f"/proc/{nxt}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX", 5, "the spare to end")
+    wait_until(lambda: ended(nxt), 5, "the spare to end")
 
 
 def test_a_spawner_retired_while_its_spare_takes_a_connection_waits_for_it(echod_factory):
@@ -183,7 +194,7 @@ def test_a_spawner_retired_while_its_spare_takes_a_connection_waits_for_it(echod
     e.reload()
     e.wait_log(r"started a new echod-spawner \(pid \d+, sandbox off\)")
     # retired, and still there: its spare has not answered
-    assert open(f"/proc/{old_spawner}/stat").read().rsplit(")", 1)[1].split()[0] in "SR"
+    assert state(old_spawner) in ("S", "R")
     assert f"echod-spawner (pid {old_spawner}) retired" not in e.log()
     os.kill(spare, signal.SIGCONT)
     e.wait_log(rf"echod-spawner \(pid {old_spawner}\) retired; its 1 connections continue")
@@ -198,11 +209,11 @@ def test_a_spawner_retired_while_its_spare_takes_a_connection_waits_for_it(echod
     assert proc_status(e.spawner())["Seccomp"] == "0"
 
 
-def test_a_spare_whose_spawner_was_killed_before_it_took_its_connection_ends_it(echod_factory):
+def test_a_spare_whose_spawner_was_killed_before_it_took_its_connection_ends_it(echod_factory, tmp_path):
     """Killed, the spawner cannot wait: the spare's answer finds no one, and it ends without
     serving. The master was told of it, so it records the end; a spare must never serve a
     connection the master does not count (CI's soak: a live worker missing from status)."""
-    e = echod_factory()
+    e = echod_factory(control_socket=f'"{tmp_path}/control"')
     spare = one_spare(e)
     spawner = e.spawner()
     stop(spare)
